@@ -1,0 +1,53 @@
+# cellsynth: one command for set-up + run, one for set-up + tests.
+# Everything runs offline on CPU; telemetry is off (see .telemetry and src/cellsynth/settings.py).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export KEDRO_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+
+.PHONY: install run test lint viz viz-build mlflow bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# torch first and pinned: the CPU build of 2.13.0 lies on these machines; anything looser pulls a CUDA build.
+$(STAMP): $(BIN)/python requirements/requirements.txt pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -r requirements/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: PBMC3K, fold 0, the default generators (kedro run --pipeline generation)
+run: $(STAMP)
+	$(BIN)/kedro run --pipeline generation
+
+## make test: the whole test suite (under ~10 minutes on 2 cores)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+viz: $(STAMP)
+	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
+
+viz-build: $(STAMP)
+	$(BIN)/kedro viz build
+
+mlflow: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/moe_scaling.py
+
+clean:
+	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \
+	       data/06_models/* data/07_model_output/* data/08_reporting/* build

@@ -1,0 +1,74 @@
+"""Stratified K-fold splits and per-fold HVG selection on the training part only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+from sklearn.model_selection import StratifiedKFold
+
+from cellsynth.data.validation import LABEL_COLUMN, InputDataError
+
+log = logging.getLogger(__name__)
+
+
+def assign_folds(adata: AnnData, *, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """Assign every cell to the test part of exactly one of ``n_folds`` stratified folds.
+
+    Reads ``obs["cell_type"]``. Returns a table indexed by cell name with column ``test_fold``.
+    """
+    if n_folds < 2:
+        raise InputDataError(f"n_folds must be at least 2, got {n_folds}")
+    labels = adata.obs[LABEL_COLUMN].astype(str).to_numpy()
+    smallest = pd.Series(labels).value_counts().min()
+    if smallest < n_folds:
+        raise InputDataError(
+            f"a cell type has {smallest} cells, fewer than n_folds={n_folds}: raise min_cells_per_type or lower n_folds"
+        )
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    test_fold = np.empty(adata.n_obs, dtype=np.int64)
+    for fold, (_, test_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        test_fold[test_idx] = fold
+    return pd.DataFrame({"test_fold": test_fold}, index=pd.Index(adata.obs_names.astype(str), name="cell"))
+
+
+def select_hvgs(train: AnnData, *, n_top_genes: int = 2000, flavor: str = "seurat_v3") -> pd.Index:
+    """Names of the ``n_top_genes`` highly variable genes of ``train`` (scanpy, on a copy).
+
+    ``seurat_v3`` reads raw counts (``layers["counts"]``); other flavours read the log-normalised ``X``.
+    """
+    n_top = min(int(n_top_genes), train.n_vars)
+    layer = "counts" if flavor.startswith("seurat_v3") else None
+    table = sc.pp.highly_variable_genes(train, n_top_genes=n_top, flavor=flavor, layer=layer, inplace=False, subset=False)
+    table.index = train.var_names
+    return train.var_names[table["highly_variable"].to_numpy()]
+
+
+def make_fold(
+    adata: AnnData,
+    folds: pd.DataFrame,
+    *,
+    fold: int,
+    n_top_genes: int = 2000,
+    hvg_flavor: str = "seurat_v3",
+) -> tuple[AnnData, AnnData]:
+    """Training and test parts of ``fold``, restricted to HVGs chosen on the training part alone.
+
+    Reads ``X`` (log-normalised), ``layers["counts"]`` and ``obs``. Both returned AnnData carry
+    the same genes (``var["highly_variable_rank"]`` not kept: the gene order is the input order) and
+    ``uns["fold"]``; test cells never influence which genes are chosen.
+    """
+    if fold not in set(folds["test_fold"]):
+        raise InputDataError(f"fold {fold} is not one of the {folds['test_fold'].nunique()} folds")
+    is_test = folds.loc[adata.obs_names.astype(str), "test_fold"].to_numpy() == fold
+    train = adata[~is_test].copy()
+    hvgs = select_hvgs(train, n_top_genes=n_top_genes, flavor=hvg_flavor)
+    train = train[:, hvgs].copy()
+    test = adata[is_test][:, hvgs].copy()
+    for part, name in ((train, "train"), (test, "test")):
+        part.uns["fold"] = {"fold": int(fold), "part": name, "n_hvgs": int(len(hvgs)), "hvg_flavor": hvg_flavor}
+    log.info("fold %d: %d training and %d test cells, %d HVGs", fold, train.n_obs, test.n_obs, len(hvgs))
+    return train, test

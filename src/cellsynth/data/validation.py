@@ -1,0 +1,179 @@
+"""Checks of a user's ``.h5ad`` before any heavy work, with errors that name the file and the fix.
+
+The validated object is a new AnnData (the user's file and the loaded object are never modified)
+with raw counts in ``X`` (CSR, float32), the cell type in ``obs["cell_type"]`` and, when a batch
+column is given, the batch in ``obs["batch"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMN = "cell_type"
+BATCH_COLUMN = "batch"
+
+
+class InputDataError(ValueError):
+    """The input data cannot be used as given; the message says why and how to fix it."""
+
+
+@dataclass
+class ValidationReport:
+    """What validation changed, for the log and the QC summary."""
+
+    source: str
+    counts_from: str
+    n_cells_in: int
+    n_genes_in: int
+    n_unlabelled: int = 0
+    duplicate_cell_names: int = 0
+    duplicate_gene_names: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _counts_matrix(adata: AnnData, counts_layer: str | None, source: str) -> tuple[sp.csr_matrix, str]:
+    if counts_layer is not None:
+        if counts_layer not in adata.layers:
+            raise InputDataError(
+                f"{source}: counts_layer={counts_layer!r} is not a layer of this file "
+                f"(layers: {list(adata.layers.keys()) or 'none'}). Set dataset.counts_layer to one of them, "
+                "or to null to read raw counts from X."
+            )
+        matrix, where = adata.layers[counts_layer], f'layers["{counts_layer}"]'
+    elif "counts" in adata.layers:
+        matrix, where = adata.layers["counts"], 'layers["counts"]'
+    else:
+        matrix, where = adata.X, "X"
+    if matrix is None:
+        raise InputDataError(f"{source}: {where} is empty; cellsynth expects raw counts there.")
+    matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    return matrix, where
+
+
+def _check_raw_counts(matrix: sp.csr_matrix, where: str, source: str) -> None:
+    values = matrix.data
+    if not np.isfinite(values).all():
+        raise InputDataError(f"{source}: {where} holds NaN or infinite values; cellsynth expects raw counts.")
+    if values.size and values.min() < 0:
+        raise InputDataError(
+            f"{source}: {where} holds negative values (min {values.min():g}). cellsynth expects raw, "
+            "non-negative integer counts: point dataset.counts_layer at the layer that holds them "
+            '(often layers["counts"]), or export the raw counts from your pipeline.'
+        )
+    fractional = values != np.round(values)
+    if fractional.any():
+        example = values[fractional][0]
+        raise InputDataError(
+            f"{source}: {where} holds non-integer values (e.g. {example:g}): it looks normalised or "
+            "log-transformed. cellsynth expects raw integer counts (it normalises them itself): point "
+            'dataset.counts_layer at the layer that holds them (often layers["counts"]).'
+        )
+
+
+def validate_counts(
+    adata: AnnData,
+    *,
+    source: str,
+    label_key: str,
+    batch_key: str | None = None,
+    counts_layer: str | None = None,
+) -> tuple[AnnData, ValidationReport]:
+    """Validate a raw-count AnnData and return a clean copy.
+
+    Reads ``X`` (or ``layers[counts_layer]``, or ``layers["counts"]`` when present),
+    ``obs[label_key]`` and ``obs[batch_key]``. Raises :class:`InputDataError` for: an empty matrix,
+    a missing label or batch column (listing the available ``obs`` columns), values that are not raw
+    counts (negative or non-integer), fewer than two cell types. Makes duplicate cell or gene names
+    unique (warned). Cells without a label keep ``NaN`` in ``obs["cell_type"]`` (counted in the
+    report) so that gene filters see every cell; :func:`drop_unusable_cells` drops them after QC.
+
+    Returns
+    -------
+    A new AnnData with counts in ``X`` (CSR float32), ``obs["cell_type"]`` (categorical) and
+    ``obs["batch"]`` if ``batch_key`` was given; and a :class:`ValidationReport`.
+    """
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise InputDataError(f"{source}: the expression matrix is empty ({adata.n_obs} cells × {adata.n_vars} genes).")
+    for key, setting in ((label_key, "dataset.label_key"), (batch_key, "dataset.batch_key")):
+        if key is not None and key not in adata.obs.columns:
+            raise InputDataError(
+                f"{source}: obs has no column {key!r} (set by {setting}). "
+                f"Available obs columns: {list(adata.obs.columns)}."
+            )
+    matrix, where = _counts_matrix(adata, counts_layer, source)
+    _check_raw_counts(matrix, where, source)
+    report = ValidationReport(source=source, counts_from=where, n_cells_in=adata.n_obs, n_genes_in=adata.n_vars)
+
+    obs = pd.DataFrame(index=adata.obs_names.astype(str))
+    labels = adata.obs[label_key]
+    labelled = labels.notna().to_numpy() & (labels.astype(str).str.strip() != "").to_numpy()
+    obs[LABEL_COLUMN] = labels.astype(str).to_numpy()
+    if batch_key is not None:
+        obs[BATCH_COLUMN] = adata.obs[batch_key].astype(str).to_numpy()
+    var = pd.DataFrame(index=adata.var_names.astype(str))
+    clean = AnnData(X=matrix, obs=obs, var=var)
+
+    report.n_unlabelled = int((~labelled).sum())
+    if not labelled.any():
+        raise InputDataError(f"{source}: no cell has a label in obs[{label_key!r}].")
+    # Unlabelled cells stay through QC (as in the Seurat tutorial, gene filters see every cell)
+    # and are dropped with a count by drop_unusable_cells().
+    clean.obs.loc[~labelled, LABEL_COLUMN] = np.nan
+
+    report.duplicate_cell_names = int(clean.obs_names.duplicated().sum())
+    if report.duplicate_cell_names:
+        log.warning("%s: %d duplicate cell names made unique", source, report.duplicate_cell_names)
+        clean.obs_names_make_unique()
+    report.duplicate_gene_names = int(clean.var_names.duplicated().sum())
+    if report.duplicate_gene_names:
+        log.warning("%s: %d duplicate gene names made unique", source, report.duplicate_gene_names)
+        clean.var_names_make_unique()
+
+    clean.obs[LABEL_COLUMN] = pd.Categorical(clean.obs[LABEL_COLUMN])
+    n_types = clean.obs[LABEL_COLUMN].nunique(dropna=True)
+    if n_types < 2:
+        raise InputDataError(
+            f"{source}: obs[{label_key!r}] has {n_types} cell type(s); cellsynth needs at least 2 "
+            "(it stratifies folds and evaluates per type)."
+        )
+    clean.uns["cellsynth_input"] = {"source": source, "label_key": label_key, "counts_from": where}
+    return clean, report
+
+
+def drop_unusable_cells(
+    adata: AnnData, min_cells: int, *, source: str, n_folds: int
+) -> tuple[AnnData, dict[str, int], int]:
+    """Drop unlabelled cells and cell types with fewer than ``max(min_cells, n_folds)`` cells.
+
+    Both are logged. Every kept type then has at least one cell in each fold's test part. Raises
+    :class:`InputDataError` when fewer than two types remain. Returns the kept cells, the dropped
+    types with their sizes, and the number of unlabelled cells dropped.
+    """
+    labels = adata.obs[LABEL_COLUMN]
+    unlabelled = int(labels.isna().sum())
+    if unlabelled:
+        log.warning("%s: dropped %d cells without a cell-type label", source, unlabelled)
+    threshold = max(int(min_cells), int(n_folds))
+    counts = labels.value_counts(dropna=True)
+    rare = {str(t): int(c) for t, c in counts.items() if c < threshold}
+    if rare:
+        log.warning("%s: dropped cell types with fewer than %d cells: %s", source, threshold, rare)
+    keep = labels.notna().to_numpy() & ~labels.isin(list(rare)).to_numpy()
+    if not keep.all():
+        adata = adata[keep].copy()
+    adata.obs[LABEL_COLUMN] = adata.obs[LABEL_COLUMN].cat.remove_unused_categories()
+    remaining = adata.obs[LABEL_COLUMN].nunique()
+    if remaining < 2:
+        raise InputDataError(
+            f"{source}: only {remaining} cell type(s) have at least {threshold} cells after QC "
+            f"(dropped: {rare}). Lower min_cells_per_type, or use a dataset with more labelled cells."
+        )
+    return adata, rare, unlabelled

@@ -1,0 +1,103 @@
+"""``AnnDataDataset``: an ``.h5ad`` file in the Kedro catalog (kedro-datasets has none).
+
+Saves are atomic: the object is written to a temporary file next to the target and moved into
+place with ``os.replace``, so an interrupted save never leaves a truncated ``.h5ad`` behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import anndata as ad
+from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
+    """Load and save an :class:`~anndata.AnnData` as ``.h5ad`` on the local filesystem.
+
+    Example catalog entry::
+
+        fold_0.train:
+          type: cellsynth.datasets.AnnDataDataset
+          filepath: data/05_model_input/fold_0/train.h5ad
+          save_args:
+            compression: gzip
+
+    Parameters
+    ----------
+    filepath
+        Path of the ``.h5ad`` file.
+    load_args
+        Keyword arguments of :func:`anndata.read_h5ad` (e.g. ``backed: r``).
+    save_args
+        Keyword arguments of :meth:`anndata.AnnData.write_h5ad` (e.g. ``compression: gzip``).
+    version
+        Kedro versioning (``versioned: true`` in the catalog).
+    metadata
+        Free-form metadata, ignored by Kedro (shown in kedro-viz).
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            filepath=PurePosixPath(Path(filepath).expanduser().as_posix()),
+            version=version,
+            exists_function=lambda path: Path(path).is_file(),
+            glob_function=lambda pattern: sorted(glob.glob(pattern)),
+        )
+        self._load_args = dict(load_args or {})
+        self._save_args = dict(save_args or {})
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": str(self._filepath),
+            "version": self._version,
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+        }
+
+    def load(self) -> ad.AnnData:
+        path = Path(self._get_load_path())
+        if not path.is_file():
+            raise DatasetError(f"No .h5ad file at '{path}'. Check the path (relative paths start at the project root).")
+        try:
+            return ad.read_h5ad(path, **self._load_args)
+        except OSError as exc:
+            raise DatasetError(f"'{path}' is not a readable .h5ad file: {exc}") from exc
+
+    def save(self, data: ad.AnnData) -> None:
+        if not isinstance(data, ad.AnnData):
+            raise DatasetError(f"AnnDataDataset can only save AnnData objects, got {type(data).__name__}")
+        path = Path(self._get_save_path())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            data.write_h5ad(tmp_name, **self._save_args)
+            os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
+            os.replace(tmp_name, path)
+        finally:
+            if os.path.exists(tmp_name):
+                os.remove(tmp_name)
+
+    def _exists(self) -> bool:
+        try:
+            path = self._get_load_path()
+        except DatasetError:
+            return False
+        return Path(path).is_file()

@@ -1,0 +1,356 @@
+"""The one interface every cellsynth generator implements.
+
+A generator learns the distribution of a fold's log-normalised HVG matrix (``adata.X``) together with
+the cell-type labels (``adata.obs[label_key]``), and samples new cells in the same space.
+
+Subclasses implement four hooks on plain numpy arrays:
+
+``_fit(X, labels, seed, progress, on_epoch) -> TrainingHistory``
+    ``X`` is a dense ``float32`` array (cells × genes) in the input's space, ``labels`` an ``int64``
+    array of cell-type codes (indices into ``self.cell_types_``).
+``_sample(labels, seed) -> np.ndarray``
+    One row per requested code. Conditional models honour the codes; unconditional ones
+    (``conditional = False``) ignore them and the base class labels their cells with a k-NN
+    classifier fitted on the training cells (``obs["label_source"] == "knn"``).
+``_save_state(directory)`` / ``_load_state(directory)``
+    Weights and fitted state; hyperparameters and the fitted metadata are saved by the base class.
+
+Hyperparameters are a frozen dataclass ``Params`` per subclass, so a typo in a parameter file is an
+error that lists the valid names, never a silently ignored key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import joblib
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with the epoch index and its metrics (e.g. ``{"train_loss": ...}``)."""
+
+
+@dataclasses.dataclass
+class TrainingHistory:
+    """Per-epoch losses of one ``fit`` call.
+
+    ``train_loss`` and ``val_loss`` hold one value per epoch (``val_loss`` is empty for models
+    without a validation slice, e.g. the SDV models and the sanity baselines). ``extra`` holds
+    model-specific per-epoch series such as a GAN's discriminator loss.
+    """
+
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    val_loss: list[float] = dataclasses.field(default_factory=list)
+    extra: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    fit_seconds: float = float("nan")
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table ``epoch, series, value`` of every per-epoch series."""
+        series = {"train_loss": self.train_loss, "val_loss": self.val_loss, **self.extra}
+        rows = [
+            (epoch, name, float(value))
+            for name, values in series.items()
+            for epoch, value in enumerate(values)
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "series", "value"])
+
+
+class GeneratorError(ValueError):
+    """Bad input to a generator (wrong labels, non-finite values, unknown cell type, ...)."""
+
+
+def dense_float32(matrix: Any) -> np.ndarray:
+    """``matrix`` as a C-contiguous dense float32 array (one copy at most)."""
+    if sp.issparse(matrix):
+        matrix = matrix.toarray()
+    return np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
+
+
+class Standardizer:
+    """Per-gene z-scoring (the paper's StandardScaler) that also inverts.
+
+    Genes with zero variance keep scale 1 so they map to 0 and back to their constant value.
+    """
+
+    def __init__(self, mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+        self.mean = mean
+        self.scale = scale
+
+    def fit(self, X: np.ndarray) -> Standardizer:
+        self.mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = X.std(axis=0, dtype=np.float64).astype(np.float32)
+        self.scale = np.where(std > 1e-8, std, 1.0).astype(np.float32)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean) / self.scale).astype(np.float32)
+
+    def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
+        return (Z * self.scale + self.mean).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "scale": self.scale}
+
+
+class Generator(ABC):
+    """Base class of all generators.
+
+    Parameters
+    ----------
+    label_key
+        ``obs`` column holding the cell type.
+    **hyperparameters
+        Fields of the subclass's ``Params`` dataclass.
+
+    Attributes (after ``fit``)
+    ----------
+    var_names_
+        Gene names of the training matrix (the synthetic cells carry the same).
+    cell_types_
+        Cell-type categories, in code order.
+    type_counts_
+        Training cells per type (sets the proportions of unconditional requests).
+    nonnegative_
+        Whether the training matrix had no negative value; if so, samples are clipped at 0.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    #: Whether ``_sample`` honours the requested cell types. Instances may override it
+    #: (e.g. a flow built without a context).
+    conditional: bool = True
+
+    def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
+        valid = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(hyperparameters) - valid)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown hyperparameter(s) {unknown}; "
+                f"valid names: {sorted(valid)}"
+            )
+        self.label_key = label_key
+        self.params = self.Params(**hyperparameters)
+        self.var_names_: list[str] | None = None
+        self.cell_types_: list[str] | None = None
+        self.type_counts_: list[int] | None = None
+        self.nonnegative_: bool = False
+        self._labeller = None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def is_fitted(self) -> bool:
+        return self.var_names_ is not None
+
+    def fit(
+        self,
+        adata: AnnData,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        on_epoch: EpochCallback | None = None,
+    ) -> TrainingHistory:
+        """Learn the distribution of ``adata``.
+
+        Reads ``adata.X`` (cells × genes, log-normalised HVG expression, dense or sparse) and
+        ``adata.obs[label_key]``. Does not modify ``adata``.
+        """
+        X, labels = self._training_arrays(adata)
+        # Some backends (SDV) seed numpy's global RNG; leave the caller's global state as it was.
+        rng_state = np.random.get_state()  # noqa: NPY002
+        try:
+            started = time.perf_counter()
+            history = self._fit(X, labels, seed=seed, progress=progress, on_epoch=on_epoch)
+            history.fit_seconds = time.perf_counter() - started
+        finally:
+            np.random.set_state(rng_state)  # noqa: NPY002
+        if not self.conditional:
+            from sklearn.neighbors import KNeighborsClassifier
+
+            self._labeller = KNeighborsClassifier(n_neighbors=min(15, len(X))).fit(X, labels)
+        return history
+
+    def sample(
+        self,
+        n_cells: int,
+        cell_types: Sequence[str] | Mapping[str, int] | None = None,
+        seed: int = 0,
+    ) -> AnnData:
+        """Draw ``n_cells`` synthetic cells.
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells.
+        cell_types
+            ``None``: types drawn in training proportions. A mapping ``type -> count`` (counts must
+            sum to ``n_cells``) or one label per cell. Unconditional models ignore it and label
+            their cells with a k-NN classifier of the training cells.
+        seed
+            Seed of every random draw; the same seed gives the same cells.
+
+        Returns
+        -------
+        AnnData with ``X`` (float32, cells × genes, same ``var_names`` as the training data),
+        ``obs[label_key]`` (categorical, training categories), ``obs["synthetic"] = True``,
+        ``obs["generator"]`` and ``obs["label_source"]`` (``"conditioned"`` or ``"knn"``).
+        """
+        if not self.is_fitted:
+            raise GeneratorError(f"{self.name}: call fit() before sample()")
+        n_cells = int(n_cells)
+        if n_cells < 0:
+            raise GeneratorError(f"{self.name}: n_cells must be >= 0, got {n_cells}")
+        codes = self._requested_codes(n_cells, cell_types, seed)
+        if n_cells == 0:
+            X = np.zeros((0, len(self.var_names_)), dtype=np.float32)
+        else:
+            X = np.asarray(self._sample(codes, seed=seed), dtype=np.float32)
+        if X.shape != (n_cells, len(self.var_names_)):
+            raise RuntimeError(f"{self.name}: sampled shape {X.shape}, expected {(n_cells, len(self.var_names_))}")
+        if self.nonnegative_:
+            # The input space (log1p of normalised counts) has no negative value: clip there.
+            np.maximum(X, 0.0, out=X)
+        label_source = "conditioned"
+        if not self.conditional and n_cells > 0:
+            codes = self._labeller.predict(X)
+            label_source = "knn"
+        obs = pd.DataFrame(
+            {
+                self.label_key: pd.Categorical.from_codes(codes, categories=self.cell_types_),
+                "synthetic": True,
+                "generator": self.name,
+                "label_source": label_source,
+            },
+            index=[f"{self.name}_{i}" for i in range(n_cells)],
+        )
+        return AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(self.var_names_)))
+
+    def save(self, directory: str | Path) -> None:
+        """Write hyperparameters (``generator.json``) and fitted state into ``directory``."""
+        if not self.is_fitted:
+            raise GeneratorError(f"{self.name}: nothing to save before fit()")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "name": self.name,
+            "label_key": self.label_key,
+            "params": dataclasses.asdict(self.params),
+            "var_names": self.var_names_,
+            "cell_types": self.cell_types_,
+            "type_counts": self.type_counts_,
+            "nonnegative": self.nonnegative_,
+            "conditional": self.conditional,
+        }
+        (directory / "generator.json").write_text(json.dumps(meta, indent=1))
+        if self._labeller is not None:
+            joblib.dump(self._labeller, directory / "labeller.joblib")
+        self._save_state(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Generator:
+        """Rebuild a fitted generator saved with :meth:`save`."""
+        directory = Path(directory)
+        meta = json.loads((directory / "generator.json").read_text())
+        target = cls
+        if meta["name"] != getattr(cls, "name", None):
+            from cellsynth.generators import GENERATORS
+
+            target = GENERATORS[meta["name"]]
+        model = target(label_key=meta["label_key"], **meta["params"])
+        model.var_names_ = meta["var_names"]
+        model.cell_types_ = meta["cell_types"]
+        model.type_counts_ = meta["type_counts"]
+        model.nonnegative_ = meta["nonnegative"]
+        model.conditional = meta["conditional"]
+        if (directory / "labeller.joblib").exists():
+            model._labeller = joblib.load(directory / "labeller.joblib")
+        model._load_state(directory)
+        return model
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Flat ``{name: value}`` of the hyperparameters (for MLflow params)."""
+        return dataclasses.asdict(self.params)
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
+    def _fit(
+        self,
+        X: np.ndarray,
+        labels: np.ndarray,
+        *,
+        seed: int,
+        progress: bool,
+        on_epoch: EpochCallback | None,
+    ) -> TrainingHistory: ...
+
+    @abstractmethod
+    def _sample(self, labels: np.ndarray, *, seed: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def _save_state(self, directory: Path) -> None: ...
+
+    @abstractmethod
+    def _load_state(self, directory: Path) -> None: ...
+
+    # ------------------------------------------------------------------ helpers
+    def _training_arrays(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+        if self.label_key not in adata.obs:
+            raise GeneratorError(
+                f"{self.name}: label column {self.label_key!r} not in obs "
+                f"(available: {list(adata.obs.columns)})"
+            )
+        if adata.n_obs < 2 or adata.n_vars < 1:
+            raise GeneratorError(f"{self.name}: need at least 2 cells and 1 gene, got {adata.shape}")
+        X = dense_float32(adata.X)
+        if not np.isfinite(X).all():
+            raise GeneratorError(f"{self.name}: the expression matrix holds NaN or infinite values")
+        raw_labels = adata.obs[self.label_key]
+        if raw_labels.isna().any():
+            raise GeneratorError(f"{self.name}: {int(raw_labels.isna().sum())} cells have no label")
+        categories = pd.Categorical(raw_labels.astype(str))
+        self.var_names_ = [str(g) for g in adata.var_names]
+        self.cell_types_ = [str(c) for c in categories.categories]
+        self.type_counts_ = np.bincount(categories.codes, minlength=len(self.cell_types_)).tolist()
+        self.nonnegative_ = bool(X.min() >= 0)
+        return X, categories.codes.astype(np.int64)
+
+    def _requested_codes(
+        self, n_cells: int, cell_types: Sequence[str] | Mapping[str, int] | None, seed: int
+    ) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.cell_types_)}
+
+        def code_of(label: Any) -> int:
+            if str(label) not in index:
+                raise GeneratorError(
+                    f"{self.name}: cell type {label!r} was not in the training data "
+                    f"(known: {self.cell_types_})"
+                )
+            return index[str(label)]
+
+        if cell_types is None:
+            proportions = np.asarray(self.type_counts_, dtype=float)
+            proportions /= proportions.sum()
+            rng = np.random.default_rng(seed)
+            return np.sort(rng.choice(len(proportions), size=n_cells, p=proportions))
+        if isinstance(cell_types, Mapping):
+            total = sum(int(c) for c in cell_types.values())
+            if total != n_cells:
+                raise GeneratorError(f"{self.name}: type counts sum to {total}, not n_cells={n_cells}")
+            return np.concatenate(
+                [np.full(int(count), code_of(t), dtype=np.int64) for t, count in cell_types.items()]
+                or [np.zeros(0, dtype=np.int64)]
+            )
+        labels = list(cell_types)
+        if len(labels) != n_cells:
+            raise GeneratorError(f"{self.name}: got {len(labels)} labels for n_cells={n_cells}")
+        return np.array([code_of(t) for t in labels], dtype=np.int64)

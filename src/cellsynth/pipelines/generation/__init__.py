@@ -1,0 +1,3 @@
+from cellsynth.pipelines.generation.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

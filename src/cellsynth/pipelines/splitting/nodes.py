@@ -1,0 +1,28 @@
+"""Nodes of the ``splitting`` pipeline: stratified folds, then per-fold train/test with HVGs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+
+from cellsynth.data import assign_folds, make_fold
+
+
+def split_folds(normalised_cells: AnnData, splitting: dict[str, Any]) -> pd.DataFrame:
+    """Stratified K-fold assignment of every cell (seeded)."""
+    return assign_folds(normalised_cells, n_folds=splitting["n_folds"], seed=splitting["seed"])
+
+
+def build_fold(
+    normalised_cells: AnnData, fold_assignments: pd.DataFrame, splitting: dict[str, Any], fold: int
+) -> tuple[AnnData, AnnData]:
+    """Training and test cells of one fold, on HVGs selected from its training cells only."""
+    return make_fold(
+        normalised_cells,
+        fold_assignments,
+        fold=fold,
+        n_top_genes=splitting["n_top_genes"],
+        hvg_flavor=splitting["hvg_flavor"],
+    )

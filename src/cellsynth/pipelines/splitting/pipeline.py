@@ -1,0 +1,28 @@
+from kedro.pipeline import Pipeline, node, pipeline
+
+from cellsynth.pipelines._binding import bind
+from cellsynth.pipelines.splitting.nodes import build_fold, split_folds
+from cellsynth.run_matrix import RunMatrix
+
+
+def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
+    """``split_folds`` then one namespace ``fold_<k>`` per fold to run (train/test with HVGs)."""
+    folds = [
+        pipeline(
+            [
+                node(
+                    bind(build_fold, fold=k),
+                    ["normalised_cells", "fold_assignments", "params:splitting"],
+                    ["train", "test"],
+                    name="build_fold",
+                )
+            ],
+            namespace=f"fold_{k}",
+            inputs={"normalised_cells", "fold_assignments"},
+            parameters={"params:splitting"},
+        )
+        for k in matrix.folds
+    ]
+    return pipeline(
+        [node(split_folds, ["normalised_cells", "params:splitting"], "fold_assignments", name="split_folds")]
+    ) + sum(folds, Pipeline([]))

@@ -1,0 +1,63 @@
+"""Which folds and generators the fold-wise pipelines are built for.
+
+Kedro builds pipelines before nodes run, but the folds (``folds_to_run``) and generators
+(``generation.generators``) are parameters, so that an environment (``--env paper``) or
+``--params`` can change them. :class:`~cellsynth.hooks.RunMatrixHook` records the run's parameters
+when the Kedro context is created, which happens before ``kedro run`` first reads the pipeline
+registry; outside a session (e.g. ``kedro viz``) the ``base``/``KEDRO_ENV`` configuration is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+_active_params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunMatrix:
+    folds: tuple[int, ...]
+    generators: tuple[str, ...]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RunMatrix:
+        n_folds = int(params.get("splitting", {}).get("n_folds", 5))
+        folds = tuple(int(k) for k in params.get("folds_to_run", [0]))
+        bad = [k for k in folds if not 0 <= k < n_folds]
+        if bad or not folds:
+            raise ValueError(f"folds_to_run={list(folds)} must be a non-empty list of folds in 0..{n_folds - 1}")
+        generators = tuple(params.get("generation", {}).get("generators", []))
+        return cls(folds=folds, generators=generators)
+
+
+def set_active_params(params: dict[str, Any] | None) -> None:
+    """Record the parameters of the run being set up (called by the project's hook)."""
+    global _active_params
+    _active_params = params
+
+
+def _read_parameters(env: str) -> dict[str, Any]:
+    """The plain-YAML parameters of ``conf/base`` overlaid with ``conf/<env>`` (top-level keys).
+
+    Deliberately not an ``OmegaConfigLoader``: creating one re-registers OmegaConf's global
+    ``globals`` resolver and would redirect the active session's configuration.
+    """
+    import yaml
+
+    merged: dict[str, Any] = {}
+    for folder in ("base", env):
+        for path in sorted((PROJECT_ROOT / "conf" / folder).glob("parameters*.yml")):
+            merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+def current() -> RunMatrix:
+    """The run matrix of the active session, or of the on-disk configuration."""
+    if _active_params is not None:
+        return RunMatrix.from_params(_active_params)
+    return RunMatrix.from_params(_read_parameters(os.environ.get("KEDRO_ENV", "local")))

@@ -1,0 +1,29 @@
+"""Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
+
+import os
+
+# Nothing in this project may wait on the network: telemetry off for Kedro, MLflow and friends.
+for _flag, _value in {
+    "KEDRO_DISABLE_TELEMETRY": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}.items():
+    os.environ.setdefault(_flag, _value)
+
+from kedro.config import OmegaConfigLoader  # noqa: E402
+
+from cellsynth.hooks import MlflowTrackingHook, RunMatrixHook  # noqa: E402
+
+HOOKS = (RunMatrixHook(), MlflowTrackingHook())
+
+# kedro-telemetry (pulled in by kedro-viz) must stay silent.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+    },
+}

@@ -1,0 +1,66 @@
+"""A Kedro session runs preprocessing + splitting on a small real subset, and refuses bad input."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from conftest import RAW_DATA
+from kedro_helpers import make_project_copy, run_session
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project_copy(tmp_path)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pbmc_subset():
+    full = ad.read_h5ad(RAW_DATA / "pbmc3k_counts.h5ad")
+    rng = np.random.default_rng(0)
+    return full[np.sort(rng.choice(full.n_obs, 700, replace=False))].copy()
+
+
+def dataset_params(path, label_key="seurat_annotations"):
+    return {"dataset": {"name": "subset", "path": str(path), "label_key": label_key}}
+
+
+def test_splitting_on_a_real_subset(project, pbmc_subset):
+    path = project / "data" / "01_raw" / "subset.h5ad"
+    pbmc_subset.write_h5ad(path)
+    params = dataset_params(path) | {"splitting": {"n_top_genes": 300}, "folds_to_run": [0, 3]}
+    run_session(project, "splitting", params)
+
+    summary = pd.read_csv(project / "data" / "08_reporting" / "qc_summary.csv")
+    assert summary["dataset"].eq("subset").all()
+    folds = pd.read_parquet(project / "data" / "04_feature" / "fold_assignments.parquet")
+    for k in (0, 3):
+        train = ad.read_h5ad(project / "data" / "05_model_input" / f"fold_{k}" / "train.h5ad")
+        test = ad.read_h5ad(project / "data" / "05_model_input" / f"fold_{k}" / "test.h5ad")
+        assert train.n_vars == test.n_vars == 300
+        assert set(test.obs_names) == set(folds.index[folds["test_fold"] == k])
+        assert "counts" in train.layers and train.X.max() < 15  # log-normalised X, counts kept
+        share_train = train.obs["cell_type"].value_counts(normalize=True)
+        share_test = test.obs["cell_type"].value_counts(normalize=True)
+        assert (share_train - share_test).abs().max() < 0.06
+    assert not (project / "data" / "05_model_input" / "fold_1").exists()
+    # The user's file is untouched.
+    assert ad.read_h5ad(path).shape == pbmc_subset.shape
+
+
+def test_bad_input_through_the_own_data_path_stops_with_its_message(project, pbmc_subset):
+    path = project / "data" / "01_raw" / "normalised.h5ad"
+    bad = pbmc_subset.copy()
+    bad.X = sp.csr_matrix(np.log1p(bad.X.toarray()))
+    bad.write_h5ad(path)
+    with pytest.raises(Exception, match="non-integer values.*raw integer counts") as info:
+        run_session(project, "preprocessing", dataset_params(path))
+    assert str(path) in str(info.value)
+    with pytest.raises(Exception, match=r"no column 'celltype'.*seurat_annotations"):
+        run_session(project, "preprocessing", dataset_params(path, label_key="celltype"))
