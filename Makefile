@@ -27,7 +27,7 @@ install: $(STAMP)
 
 ## make run: PBMC3K, fold 0, the default generators (kedro run --pipeline generation)
 run: $(STAMP)
-	$(BIN)/kedro run --pipeline generation
+	$(BIN)/kedro run --pipelines generation
 
 ## make test: the whole test suite (under ~10 minutes on 2 cores)
 test: $(STAMP)

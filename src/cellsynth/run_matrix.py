@@ -56,8 +56,13 @@ def _read_parameters(env: str) -> dict[str, Any]:
     return merged
 
 
+def active_parameters() -> dict[str, Any]:
+    """The parameters of the run being set up, or (outside a session) of the on-disk configuration."""
+    if _active_params is not None:
+        return _active_params
+    return _read_parameters(os.environ.get("KEDRO_ENV", "local"))
+
+
 def current() -> RunMatrix:
     """The run matrix of the active session, or of the on-disk configuration."""
-    if _active_params is not None:
-        return RunMatrix.from_params(_active_params)
-    return RunMatrix.from_params(_read_parameters(os.environ.get("KEDRO_ENV", "local")))
+    return RunMatrix.from_params(active_parameters())

@@ -1,6 +1,7 @@
 """Project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
 
 import os
+import warnings
 
 # Nothing in this project may wait on the network: telemetry off for Kedro, MLflow and friends.
 for _flag, _value in {
@@ -9,6 +10,12 @@ for _flag, _value in {
     "DO_NOT_TRACK": "true",
 }.items():
     os.environ.setdefault(_flag, _value)
+
+# Noise from library internals that users cannot act on: Kedro's own use of a deprecated OmegaConf
+# call, and its advice against dots in dataset names (our namespaces, `fold_0.train`, are dotted
+# by design: that is how Kedro names namespaced datasets).
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated")
+warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\.' characters")
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 

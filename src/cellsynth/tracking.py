@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ PARENT_RUN_ENV = "CELLSYNTH_MLFLOW_PARENT_RUN_ID"
 TRACKING_URI_ENV = "CELLSYNTH_MLFLOW_TRACKING_URI"
 EXPERIMENT_ENV = "CELLSYNTH_MLFLOW_EXPERIMENT_ID"
 MAX_PARAM_LENGTH = 6000
+_UNSAFE_NAME = re.compile(r"[^\w\-. /]")
 
 
 def resolve_tracking_uri(configured: str | None, project_path: Path | None) -> str:
@@ -33,10 +35,13 @@ def resolve_tracking_uri(configured: str | None, project_path: Path | None) -> s
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}} -> {"a.b": "1"}`` with values cut to MLflow's parameter length."""
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` with values cut to MLflow's parameter length.
+
+    Characters MLflow refuses in names (e.g. the ``+`` of ``CD14+ Mono``) become ``_``.
+    """
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_UNSAFE_NAME.sub('_', str(key))}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         else:
