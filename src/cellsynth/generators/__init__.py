@@ -5,7 +5,25 @@
 """
 
 from cellsynth.generators.base import Generator, GeneratorError, TrainingHistory
+from cellsynth.generators.baselines import (
+    ClassGaussianPCAGenerator,
+    GeneShuffleGenerator,
+    TrainCopyGenerator,
+)
+from cellsynth.generators.maf import MAFGenerator
+from cellsynth.generators.moe import MOEGenerator
+from cellsynth.generators.sdv_models import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
+from cellsynth.generators.smote import SMOTEGenerator
 
 GENERATORS: dict[str, type[Generator]] = {}
+GENERATORS["maf"] = MAFGenerator
+GENERATORS["moe"] = MOEGenerator
+GENERATORS["ctgan"] = CTGANGenerator
+GENERATORS["tvae"] = TVAEGenerator
+GENERATORS["gaussian_copula"] = GaussianCopulaGenerator
+GENERATORS["train_copy"] = TrainCopyGenerator
+GENERATORS["gene_shuffle"] = GeneShuffleGenerator
+GENERATORS["class_gaussian_pca"] = ClassGaussianPCAGenerator
+GENERATORS["smote"] = SMOTEGenerator
 
 __all__ = ["GENERATORS", "Generator", "GeneratorError", "TrainingHistory"]

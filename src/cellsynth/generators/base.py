@@ -264,8 +264,9 @@ class Generator(ABC):
         target = cls
         if meta["name"] != getattr(cls, "name", None):
             from cellsynth.generators import GENERATORS
+            from cellsynth.generators.modes import WRAPPERS  # wrappers such as "per_type"
 
-            target = GENERATORS[meta["name"]]
+            target = {**GENERATORS, **WRAPPERS}[meta["name"]]
         model = target(label_key=meta["label_key"], **meta["params"])
         model.var_names_ = meta["var_names"]
         model.cell_types_ = meta["cell_types"]

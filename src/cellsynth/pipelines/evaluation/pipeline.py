@@ -1,8 +1,124 @@
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Pipeline, node, pipeline
 
+from cellsynth.pipelines._binding import bind
+from cellsynth.pipelines.evaluation.nodes import (
+    build_report,
+    classify_real_only,
+    classify_with_synthetic,
+    collect_metrics,
+    evaluate_real_data,
+    evaluate_synthetic,
+    fit_reference_space,
+    make_tables,
+    plot_fold_pca,
+    plot_metrics_vs_floor,
+    plot_training_curves,
+    split_test_halves,
+    summarise_metrics,
+)
 from cellsynth.run_matrix import RunMatrix
+
+PARAMS = {"params:evaluation", "params:dataset"}
+
+
+def _fold_pipeline(k: int) -> Pipeline:
+    return pipeline(
+        [
+            node(fit_reference_space, ["train", "params:evaluation"], "reference_space", name="fit_reference_space"),
+            node(bind(split_test_halves, fold=k), ["test", "params:evaluation"], "honest_split",
+                 name="split_test_halves"),
+            node(
+                bind(evaluate_real_data, fold=k),
+                ["train", "test", "reference_space", "honest_split", "params:evaluation", "params:dataset"],
+                "real_metrics",
+                name="evaluate_real_data",
+            ),
+            node(bind(classify_real_only, fold=k), ["train", "test", "params:evaluation", "params:dataset"],
+                 "real_only_utility", name="classify_real_only"),
+        ],
+        namespace=f"fold_{k}",
+        parameters=PARAMS,
+    )
+
+
+def _pca_figure_node(k: int, generators: tuple[str, ...]):
+    """Reporting node (outside ``fold_<k>``: it follows the generator namespaces, which would split it)."""
+    return node(
+        bind(plot_fold_pca, generators=tuple(generators), fold=k),
+        [f"fold_{k}.train", f"fold_{k}.test", f"fold_{k}.reference_space", "params:evaluation",
+         *[f"{g}.fold_{k}.synthetic" for g in generators]],
+        f"fold_{k}.pca_figure",
+        name=f"plot_reference_pca_fold_{k}",
+    )
+
+
+def _generator_pipeline(name: str, k: int) -> Pipeline:
+    fold_level = {"train", "test", "reference_space", "honest_split", "real_metrics"}
+    return pipeline(
+        [
+            node(
+                bind(evaluate_synthetic, generator=name, fold=k),
+                ["train", "test", "synthetic", "upsample", "reference_space", "honest_split", "real_metrics",
+                 "params:evaluation", "params:dataset"],
+                ["distribution_metrics", "honest_sample"],
+                name="evaluate_synthetic",
+            ),
+            node(
+                bind(classify_with_synthetic, generator=name, fold=k),
+                ["train", "test", "upsample", "params:evaluation", "params:dataset"],
+                "utility_metrics",
+                name="classify_with_synthetic",
+            ),
+        ],
+        namespace=f"{name}.fold_{k}",
+        inputs={dataset: f"fold_{k}.{dataset}" for dataset in fold_level},
+        parameters=PARAMS,
+    )
 
 
 def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
-    """Filled by the evaluation issue."""
-    return Pipeline([])
+    """Evaluate every generator × fold of ``matrix`` and report.
+
+    * ``fold_<k>``: ``fit_reference_space`` (``fold_<k>.reference_space``), ``split_test_halves``
+      (``fold_<k>.honest_split``), ``evaluate_real_data`` (``fold_<k>.real_metrics``: paper "train vs
+      test" and the honest floor) and ``classify_real_only``;
+    * ``<generator>.fold_<k>``: ``evaluate_synthetic`` (paper, paper_upsample, honest; logged into the
+      generator's MLflow run) and ``classify_with_synthetic`` (random forest on real + up-sampling cells);
+    * reporting: ``collect_metrics`` (``data/08_reporting/metrics.parquet``), ``summarise_metrics``,
+      ``make_tables``, the figures (``plot_reference_pca_fold_<k>`` draws ``fold_<k>.pca_figure``) and
+      ``build_report`` (``report.html``, logged into the parent run).
+
+    Reads what the generation pipeline saved; ``kedro run --pipeline evaluation --namespaces maf.fold_0``
+    re-scores one generator (the fold-level outputs must exist).
+    """
+    folds, generators = tuple(matrix.folds), tuple(matrix.generators)
+    per_fold = sum((_fold_pipeline(k) for k in folds), Pipeline([]))
+    per_generator = sum((_generator_pipeline(g, k) for g in generators for k in folds), Pipeline([]))
+
+    frames = [f"fold_{k}.{name}" for k in folds for name in ("real_metrics", "real_only_utility")]
+    frames += [f"{g}.fold_{k}.{name}" for g in generators for k in folds
+               for name in ("distribution_metrics", "utility_metrics")]
+    histories = [f"{g}.fold_{k}.training_history" for g in generators for k in folds]
+    tables = ["evaluation_table_paper", "evaluation_table_paper_md", "evaluation_table_utility",
+              "evaluation_table_utility_md", "evaluation_table_honest", "evaluation_table_honest_md",
+              "evaluation_table_per_type", "evaluation_table_per_type_md"]
+    reporting = pipeline(
+        [
+            node(collect_metrics, frames, "evaluation_metrics", name="collect_metrics"),
+            *(_pca_figure_node(k, generators) for k in folds),
+            node(summarise_metrics, "evaluation_metrics", "evaluation_summary", name="summarise_metrics"),
+            node(make_tables, "evaluation_metrics", tables, name="make_tables"),
+            node(plot_metrics_vs_floor, ["evaluation_metrics", "params:evaluation"], "metrics_vs_floor_figure",
+                 name="plot_metrics_vs_floor"),
+            node(plot_training_curves, ["params:evaluation", *histories], "training_curves_figure",
+                 name="plot_training_curves"),
+            node(
+                bind(build_report, folds=folds),
+                ["evaluation_metrics", *tables[0::2], "metrics_vs_floor_figure", "training_curves_figure",
+                 "parameters", *[f"fold_{k}.pca_figure" for k in folds]],
+                "evaluation_report",
+                name="build_report",
+            ),
+        ]
+    )
+    return per_fold + per_generator + reporting

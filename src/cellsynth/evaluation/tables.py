@@ -1,0 +1,302 @@
+"""Fold summaries and the report's tables (laid out like the paper's: metrics as rows, sets as columns).
+
+Cells are strings ``mean`` (one fold) or ``mean ± sd`` (over folds); the honest tables add the ratio
+to the floor as ``(×r)``. The numbers behind them are in the long-format metrics table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellsynth.evaluation.protocol import (
+    ALL_TYPES,
+    FLOOR,
+    HONEST,
+    PAPER,
+    PAPER_UPSAMPLE,
+    RATIO_SUFFIX,
+    REAL_GENERATORS,
+    REAL_ONLY,
+    REAL_TRAIN_VS_TEST,
+    RUN,
+    SANITY_BASELINES,
+    UTILITY,
+)
+
+__all__ = [
+    "HONEST_METRICS",
+    "PUBLISHED_TABLE_1_PBMC3K",
+    "TABLE_NOTES",
+    "METRIC_LABELS",
+    "format_value",
+    "generator_order",
+    "honest_table",
+    "paper_table",
+    "per_type_table",
+    "run_table",
+    "summarise",
+    "to_markdown",
+    "utility_table",
+]
+
+METRIC_LABELS: dict[str, str] = {
+    "wd": "WD ↓",
+    "cd": "CD ↓",
+    "mmd": "MMD ↓",
+    "mmd_unbiased": "MMD unbiased ↓",
+    "c2st_auc": "C2ST AUC (best 0.5)",
+    "precision": "k-NN precision ↑",
+    "recall": "k-NN recall ↑",
+    "memorization": "memorisation (≈1 ok, ≪1 copies)",
+    "memorization_close_fraction": "close-to-train fraction (≈0.05 ok)",
+    "accuracy": "Accuracy ↑",
+    "precision_macro": "Precision (macro) ↑",
+    "recall_macro": "Recall (macro) ↑",
+    "f1_macro": "F1 (macro) ↑",
+    "precision_weighted": "Precision (weighted) ↑",
+    "recall_weighted": "Recall (weighted) ↑",
+    "f1_weighted": "F1 (weighted) ↑",
+}
+PUBLISHED_TABLE_1_PBMC3K = pd.DataFrame(
+    {
+        "metric": ["WD ↓", "CD ↓", "MMD ↓"],
+        "Original train vs test": ["0.45406", "0.06149", "0.003416"],
+        "MOE-FB": ["0.40528", "0.07874", "0.030967"],
+        "MAF-FB": ["0.55452", "0.08153", "0.02216"],
+        "ACTIVA": ["0.91830", "0.32516", "0.105935"],
+        "CTGAN": ["0.44015", "0.08144", "0.060532"],
+        "TVAE": ["1.24546", "0.32843", "0.325968"],
+        "GC": ["11.72473", "0.11055", "0.084370"],
+    }
+)
+"""The seed paper's Table 1 (PBMC3K) as published, for comparison with :func:`paper_table`."""
+HONEST_METRICS = ("wd", "cd", "mmd", "mmd_unbiased", "c2st_auc", "precision", "recall", "memorization",
+                  "memorization_close_fraction")
+PER_TYPE_METRICS = ("wd", "cd", "mmd", "c2st_auc", "precision", "recall", "memorization")
+UTILITY_METRICS = ("precision_macro", "recall_macro", "f1_macro", "precision_weighted", "recall_weighted",
+                   "f1_weighted", "accuracy")
+SUMMARY_KEY = ["dataset", "generator", "protocol", "cell_type", "metric"]
+
+TABLE_NOTES = {
+    "paper": [
+        "Protocol 'paper': each set vs all test cells, in the PCA-50 reference space (lower is better).",
+        "'real train vs test' is the paper's baseline column; the training cells are in-sample for the PCA, "
+        "so it is not a floor. 'real (B vs A floor)' is the honest floor (half B vs half A of the test cells; "
+        "half-size sets, so its MMD carries a larger size bias than the other columns).",
+        "(sanity) marks reference generators with a known answer.",
+    ],
+    "utility": [
+        "Distribution rows: protocol 'paper_upsample', (real training cells + the generator's up-sampling cells) "
+        "vs the test cells; the first column is the training cells alone.",
+        "Classification rows: random forest (entropy, seeded) on HVG expression trained on real training cells "
+        "('real only', first column) or real + the generator's up-sampling cells; scored on the test cells.",
+    ],
+    "honest": [
+        "Protocol 'honest': reference = half A of the test cells; floor = half B; each generator contributes |B| "
+        "cells (B's type counts where it has the types). (×r) = ratio to the floor of the same fold (×1 = as "
+        "good as real data).",
+    ],
+    "per_type": [
+        "Honest protocol within each cell type with enough cells on both sides; ratios to that type's floor.",
+    ],
+}
+"""Notes printed under each table (markdown files and the report)."""
+
+
+def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Fold mean and sample sd of every (dataset, generator, protocol, cell type, metric).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``dataset, generator, protocol, cell_type, metric, mean, sd, n_folds`` (sd NaN for one fold).
+    """
+    grouped = metrics.groupby(SUMMARY_KEY, sort=False, dropna=False)["value"]
+    out = grouped.agg(mean="mean", sd="std", n_folds="count").reset_index()
+    out["n_folds"] = out["n_folds"].astype(np.int64)
+    return out
+
+
+def generator_order(names: Iterable[str]) -> list[str]:
+    """Real rows first, then the generators in their given order, sanity baselines last."""
+    names = list(dict.fromkeys(names))
+    real = [g for g in REAL_GENERATORS if g in names]
+    baselines = [g for g in SANITY_BASELINES if g in names]
+    models = [g for g in names if g not in real and g not in baselines]
+    return real + models + baselines
+
+
+def column_label(generator: str) -> str:
+    """Table header of a generator (sanity baselines are marked)."""
+    return f"{generator} (sanity)" if generator in SANITY_BASELINES else generator
+
+
+def format_value(mean: float, sd: float = float("nan"), n_folds: int = 1) -> str:
+    """``"0.4541"`` or ``"0.4541 ± 0.012"``; ``"—"`` for a missing value."""
+    if mean is None or not math.isfinite(mean):
+        return "—" if mean is None or math.isnan(mean) else str(mean)
+    text = f"{mean:.1f}" if abs(mean) >= 1000 else f"{mean:.4g}"
+    if n_folds > 1 and sd is not None and math.isfinite(sd):
+        text += f" ± {sd:.2g}"
+    return text
+
+
+def _cells(summary: pd.DataFrame) -> dict[tuple[str, str, str, str], str]:
+    """``(generator, protocol, cell_type, metric) -> formatted mean ± sd``."""
+    return {
+        (r.generator, r.protocol, r.cell_type, r.metric): format_value(r.mean, r.sd, r.n_folds)
+        for r in summary.itertuples(index=False)
+    }
+
+
+def _means(summary: pd.DataFrame) -> dict[tuple[str, str, str, str], float]:
+    return {(r.generator, r.protocol, r.cell_type, r.metric): r.mean for r in summary.itertuples(index=False)}
+
+
+def _model_generators(metrics: pd.DataFrame) -> list[str]:
+    return [g for g in generator_order(metrics["generator"]) if g not in REAL_GENERATORS]
+
+
+def _single_dataset(metrics: pd.DataFrame) -> pd.DataFrame:
+    datasets = metrics["dataset"].unique()
+    if len(datasets) > 1:
+        raise ValueError(f"tables are per dataset; got {list(datasets)}")
+    return metrics
+
+
+def paper_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 1: WD, CD, MMD of each set against the test cells (protocol ``paper``).
+
+    Columns: ``metric``, ``real train vs test`` (the paper's baseline column), ``real (B vs A floor)``
+    (the honest floor, B vs A, for reference: half-size sets, so its MMD carries a larger size bias),
+    then one column per generator (sanity baselines marked).
+    """
+    summary = summarise(_single_dataset(metrics))
+    cells = _cells(summary)
+    generators = _model_generators(metrics)
+    rows = []
+    for metric in ("wd", "cd", "mmd"):
+        row = {"metric": METRIC_LABELS[metric],
+               REAL_TRAIN_VS_TEST: cells.get((REAL_TRAIN_VS_TEST, PAPER, ALL_TYPES, metric), "—"),
+               FLOOR: cells.get((FLOOR, HONEST, ALL_TYPES, metric), "—")}
+        row.update({column_label(g): cells.get((g, PAPER, ALL_TYPES, metric), "—") for g in generators})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def utility_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 3: (real training + upsample cells) vs test, and the random forest's scores.
+
+    Rows WD, CD, MMD (protocol ``paper_upsample``), macro and weighted precision / recall / F1,
+    accuracy, then F1 of every cell type. Columns: ``real train vs test / real only`` (the paper's
+    "Original" column: training cells alone), ``real (B vs A floor)`` (distribution rows only), then
+    one column per generator (training cells + that generator's up-sampling cells).
+    """
+    summary = summarise(_single_dataset(metrics))
+    cells = _cells(summary)
+    generators = _model_generators(metrics)
+    real_column = f"{REAL_TRAIN_VS_TEST} / {REAL_ONLY}"
+    rows = []
+    for metric in ("wd", "cd", "mmd"):
+        row = {"metric": METRIC_LABELS[metric],
+               real_column: cells.get((REAL_TRAIN_VS_TEST, PAPER_UPSAMPLE, ALL_TYPES, metric), "—"),
+               FLOOR: cells.get((FLOOR, HONEST, ALL_TYPES, metric), "—")}
+        row.update({column_label(g): cells.get((g, PAPER_UPSAMPLE, ALL_TYPES, metric), "—") for g in generators})
+        rows.append(row)
+    types = sorted(summary.loc[(summary["protocol"] == UTILITY) & (summary["metric"] == "f1")
+                               & (summary["cell_type"] != ALL_TYPES), "cell_type"].unique())
+    for metric, cell_type, label in [(m, ALL_TYPES, METRIC_LABELS[m]) for m in UTILITY_METRICS] + [
+        ("f1", t, f"F1 [{t}] ↑") for t in types
+    ]:
+        row = {"metric": label, real_column: cells.get((REAL_ONLY, UTILITY, cell_type, metric), "—"), FLOOR: "—"}
+        row.update({column_label(g): cells.get((g, UTILITY, cell_type, metric), "—") for g in generators})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_ratio(cells, means, generator: str, cell_type: str, metric: str) -> str:
+    value = cells.get((generator, HONEST, cell_type, metric))
+    if value is None:
+        return "—"
+    ratio = means.get((generator, HONEST, cell_type, metric + RATIO_SUFFIX))
+    if ratio is None or not math.isfinite(ratio):
+        return value
+    return f"{value} (×{ratio:.2f})"
+
+
+def honest_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The honest protocol: every metric against half A, with its ratio to the floor ``(×r)``.
+
+    Columns: ``metric``, ``real (B vs A floor)``, then one column per generator. Ratios are fold
+    means of the per-fold ratios.
+    """
+    summary = summarise(_single_dataset(metrics))
+    cells, means = _cells(summary), _means(summary)
+    columns = [FLOOR, *_model_generators(metrics)]
+    present = set(summary.loc[summary["protocol"] == HONEST, "metric"])
+    rows = []
+    for metric in [m for m in HONEST_METRICS if m in present]:
+        row = {"metric": METRIC_LABELS[metric]}
+        row.update({column_label(g): _with_ratio(cells, means, g, ALL_TYPES, metric) for g in columns})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_type_table(metrics: pd.DataFrame, metrics_shown: Sequence[str] = PER_TYPE_METRICS) -> pd.DataFrame:
+    """Honest protocol within each cell type (types with enough cells), with ratios to that type's floor.
+
+    Columns: ``cell_type``, ``metric``, ``real (B vs A floor)``, then one per generator; ``—`` where a
+    generator has too few cells of the type.
+    """
+    summary = summarise(_single_dataset(metrics))
+    cells, means = _cells(summary), _means(summary)
+    columns = [FLOOR, *_model_generators(metrics)]
+    honest = summary[(summary["protocol"] == HONEST) & (summary["cell_type"] != ALL_TYPES)]
+    rows = []
+    for cell_type in sorted(honest["cell_type"].unique()):
+        for metric in metrics_shown:
+            if not ((honest["cell_type"] == cell_type) & (honest["metric"] == metric)).any():
+                continue
+            row = {"cell_type": cell_type, "metric": METRIC_LABELS[metric]}
+            row.update({column_label(g): _with_ratio(cells, means, g, cell_type, metric) for g in columns})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["cell_type", "metric"])
+
+
+def _escape(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: pd.DataFrame, title: str | None = None, notes: Sequence[str] = ()) -> str:
+    """A GitHub-flavoured markdown table (with an optional ``## title`` and notes under it)."""
+    lines = [f"## {title}", ""] if title else []
+    header = [_escape(c) for c in table.columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for record in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_escape(v) for v in record) + " |")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines) + "\n"
+
+
+RUN_METRICS = ("fit_seconds", "sample_seconds", "epochs_run", "peak_rss_gib_fit", "nonfinite_cells_synthetic")
+
+
+def run_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Generator bookkeeping (protocol ``run``): fit and sampling time, epochs, peak memory, cells with
+    non-finite values (fold mean ± sd)."""
+    summary = summarise(_single_dataset(metrics))
+    cells = _cells(summary)
+    run = summary[summary["protocol"] == RUN]
+    rows = []
+    for generator in generator_order(run["generator"]):
+        row = {"generator": column_label(generator)}
+        row.update({m: cells.get((generator, RUN, ALL_TYPES, m), "—") for m in RUN_METRICS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["generator", *RUN_METRICS])

@@ -1,0 +1,66 @@
+"""Classification utility rows (paper 4.4): a random forest on real (+ synthetic up-sampling) cells."""
+
+from __future__ import annotations
+
+from anndata import AnnData
+
+from cellsynth.evaluation.protocol import (
+    ALL_TYPES,
+    REAL_ONLY,
+    UTILITY,
+    EvaluationSettings,
+    aligned_matrix,
+    cell_labels,
+    long_frame,
+    without_nonfinite,
+)
+from cellsynth.metrics import classification_utility
+
+__all__ = ["utility_metrics"]
+
+
+def utility_metrics(
+    train: AnnData,
+    test: AnnData,
+    upsample: AnnData | None,
+    settings: EvaluationSettings,
+    *,
+    dataset: str,
+    fold: int,
+    generator: str = REAL_ONLY,
+):
+    """Long-format ``utility`` rows of one random forest (see :func:`cellsynth.metrics.classification_utility`).
+
+    The forest (``criterion="entropy"``, ``settings.utility_n_estimators`` trees, ``random_state =
+    settings.seed``) is trained on ``train.X`` (HVG expression) plus, when given, ``upsample.X``
+    (genes aligned to the training cells; cells with non-finite values left out), and scored on ``test.X``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows ``accuracy``, ``precision_macro`` … ``f1_weighted``, ``n_train_real``, ``n_train_extra``
+        with ``cell_type = "all"``, and ``f1`` per test cell type (``cell_type`` = the type).
+    """
+    y_train, y_test = cell_labels(train), cell_labels(test)
+    if y_train is None or y_test is None:
+        raise ValueError("classification utility needs obs['cell_type'] on the training and test cells")
+    X_test = aligned_matrix(test, train.var_names)
+    X_extra = y_extra = None
+    if upsample is not None and upsample.n_obs:
+        upsample, _ = without_nonfinite(upsample, f"{generator} upsample")
+        y_extra = cell_labels(upsample)
+        if y_extra is None:
+            raise ValueError(f"{generator}: the upsample cells have no obs['cell_type']")
+        X_extra = aligned_matrix(upsample, train.var_names)
+    scores = classification_utility(
+        train.X, y_train, X_test, y_test, X_extra, y_extra,
+        seed=settings.seed, n_estimators=settings.utility_n_estimators, n_jobs=settings.utility_n_jobs,
+    )
+    rows = []
+    for name, value in scores.items():
+        metric, cell_type = name, ALL_TYPES
+        if name.startswith("f1[") and name.endswith("]"):
+            metric, cell_type = "f1", name[3:-1]
+        rows.append({"dataset": dataset, "generator": generator, "fold": int(fold), "protocol": UTILITY,
+                     "cell_type": cell_type, "metric": metric, "value": float(value)})
+    return long_frame(rows)

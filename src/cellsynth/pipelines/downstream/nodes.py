@@ -1,0 +1,394 @@
+"""Nodes of the ``downstream`` pipeline: thin adapters over :mod:`cellsynth.downstream`.
+
+Fold level (namespace ``fold_<k>``): markers of the real cells (S1 Table, Fig 5, textbook check),
+marker rankings and CellPhoneDB interactions of the test and the real training cells, and the real
+"train vs test" comparison. Generator level (namespace ``<generator>.fold_<k>``): the same on the
+generator's cells (synthetic only, and real training + synthetic), scored against the test cells and
+logged into the generator's MLflow run. Reporting: heatmaps (Fig 6) and dot plot (Fig 7) per fold, the
+``marker_preservation`` and ``interactions_rmse`` tables, and the HTML section (logged into the parent
+MLflow run with the tables and figures).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+
+from cellsynth import downstream as ds
+from cellsynth import tracking
+from cellsynth.downstream import figures
+from cellsynth.downstream.report import (
+    REAL_PLUS_SYNTHETIC,
+    REAL_TRAIN_VS_TEST,
+    REAL_TRAINING,
+    SYNTHETIC_ONLY,
+    SectionFigure,
+    SectionTable,
+    build_section_html,
+    interaction_summary,
+    preservation_summary,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL_KEY = "cell_type"
+TEST_CELLS = "test cells"
+_MLFLOW_KEY = re.compile(r"[^\w\-. /:]")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _marker_options(downstream: dict[str, Any]) -> dict[str, Any]:
+    m = downstream.get("markers") or {}
+    return {"n_top": int(m.get("n_top", 20)), "rank_by": str(m.get("rank_by", "logfc")),
+            "max_pval_adj": float(m.get("max_pval_adj", 0.05)), "min_logfc": float(m.get("min_logfc", 1.0))}
+
+
+def _rank(cells: AnnData, downstream: dict[str, Any], name: str) -> pd.DataFrame:
+    m = downstream.get("markers") or {}
+    start = time.perf_counter()
+    ranking = ds.rank_markers(cells, label_key=LABEL_KEY, method=str(m.get("method", "wilcoxon")),
+                              min_cells=int(m.get("min_cells", 3)), name=name)
+    log.info("%s: marker genes ranked in %.1f s (%d cells × %d genes)", name, time.perf_counter() - start,
+             cells.n_obs, cells.n_vars)
+    return ranking
+
+
+def _interactions(cells: AnnData, downstream: dict[str, Any], name: str) -> pd.DataFrame:
+    i = downstream.get("interactions") or {}
+    start = time.perf_counter()
+    table = ds.infer_interactions(
+        cells, label_key=LABEL_KEY, resource_name=str(i.get("resource_name", "consensus")),
+        expr_prop=float(i.get("expr_prop", 0.1)), min_cells=int(i.get("min_cells", 5)),
+        n_perms=int(i.get("n_perms", 1000)), seed=int(i.get("seed", 0)), alpha=float(i.get("alpha", 0.05)),
+        n_jobs=int(i.get("n_jobs", 1)), name=name,
+    )
+    log.info("%s: CellPhoneDB (LIANA) on %d cells in %.1f s: %d pairs, %d significant", name, cells.n_obs,
+             time.perf_counter() - start, len(table), int(table["significant"].sum()))
+    return table
+
+
+def _dpi(downstream: dict[str, Any]) -> int:
+    return int((downstream.get("figures") or {}).get("dpi", 110))
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _log_to_generator_run(adata: AnnData, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` into the generator × fold MLflow run named in ``uns["cellsynth"]`` (if any)."""
+    uri = os.environ.get(tracking.TRACKING_URI_ENV)
+    run_id = str((adata.uns.get("cellsynth") or {}).get("mlflow_run_id") or "")
+    if not (uri and run_id):
+        return
+    try:
+        from mlflow import MlflowClient
+
+        clean = {_MLFLOW_KEY.sub("_", k): float(v) for k, v in metrics.items() if pd.notna(v)}
+        tracking.RunRecorder(MlflowClient(uri), run_id).log_metrics(clean)
+    except Exception as exc:  # tracking must never break the analysis
+        log.warning("could not log downstream metrics into MLflow run %s: %s", run_id, exc)
+
+
+# ----------------------------------------------------------------------------- fold level
+def real_cell_markers(
+    train: AnnData, test: AnnData, downstream: dict[str, Any], dataset: dict[str, Any], *, fold: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, Any]:
+    """Marker genes of the fold's real cells (training + test, as the paper), on its HVGs.
+
+    Returns
+    -------
+    tuple
+        The full ranking, the top markers per type (``unique`` flags the mutually exclusive ones),
+        the candidate markers (S1 Table: mutually exclusive, with adjusted p and log2FC), the
+        textbook-marker check (empty when ``downstream.markers.expected`` has no entry for
+        ``dataset.name``) and the violin plots of each type's most significant candidate marker (Fig 5).
+    """
+    real = ds.combine_cells([("train", train), ("test", test)], LABEL_KEY)
+    ranking = _rank(real, downstream, f"fold {fold} real cells (train + test)")
+    top = ds.top_markers(ranking, **_marker_options(downstream))
+    candidates = ds.candidate_markers(top)
+    expected = ((downstream.get("markers") or {}).get("expected") or {}).get(str(dataset.get("name")), {}) or {}
+    check = ds.check_expected_markers(top, expected, genes=list(real.var_names),
+                                      cell_types=sorted(set(ranking["cell_type"])))
+    if len(check):
+        missing = sorted(set(check.loc[~check["type_ok"], "cell_type"]))
+        if missing:
+            log.warning("fold %d: no textbook marker among the markers of %s", fold, ", ".join(missing))
+    genes = ds.top_unique_markers(top)
+    fig = figures.plot_marker_violins(
+        genes, real, label_key=LABEL_KEY,
+        title=f"Fold {fold}: most significant mutually exclusive marker of each cell type, real cells (train + test)")
+    return ranking, top, candidates, check, figures.figure_to_image(fig, dpi=_dpi(downstream))
+
+
+def reference_markers(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Marker rankings of the test cells (the reference) and of the real training cells."""
+    return (_rank(test, downstream, f"fold {fold} test cells"),
+            _rank(train, downstream, f"fold {fold} training cells"))
+
+
+def reference_interactions(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CellPhoneDB interactions of the test cells (the reference) and of the real training cells."""
+    return (_interactions(test, downstream, f"fold {fold} test cells"),
+            _interactions(train, downstream, f"fold {fold} training cells"))
+
+
+def _preservation_rows(reference: pd.DataFrame, other: pd.DataFrame, downstream: dict[str, Any], *, fold: int,
+                       generator: str, compared: str) -> pd.DataFrame:
+    per_type = ds.marker_preservation(reference, other, **_marker_options(downstream))
+    summary = ds.summarise_preservation(per_type)
+    overall = pd.DataFrame([{"cell_type": "all", **{k: v for k, v in summary.items() if k != "n_types"},
+                             "n_reference": per_type["n_reference"].sum(), "n_other": per_type["n_other"].sum(),
+                             "n_shared": per_type["n_shared"].sum(), "n_de_genes": per_type["n_de_genes"].sum(),
+                             "n_types": summary["n_types"]}])
+    frame = pd.concat([per_type.assign(n_types=1.0), overall], ignore_index=True)
+    frame.insert(0, "compared", compared)
+    frame.insert(0, "generator", generator)
+    frame.insert(0, "fold", int(fold))
+    return frame
+
+
+def _comparison_row(reference: pd.DataFrame, other: pd.DataFrame, downstream: dict[str, Any], *, fold: int,
+                    generator: str, cells: str, n_cells: int) -> dict[str, Any]:
+    i = downstream.get("interactions") or {}
+    return {"fold": int(fold), "generator": generator, "cells": cells, "n_cells": int(n_cells),
+            **ds.compare_interactions(reference, other),
+            "resource": str(i.get("resource_name", "consensus")), "n_perms": int(i.get("n_perms", 1000))}
+
+
+def real_train_vs_test(
+    test_ranking: pd.DataFrame, train_ranking: pd.DataFrame, test_interactions: pd.DataFrame,
+    train_interactions: pd.DataFrame, train: AnnData, downstream: dict[str, Any], *, fold: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The real reference rows: training cells against the test cells (markers and interactions)."""
+    markers = _preservation_rows(test_ranking, train_ranking, downstream, fold=fold, generator=REAL_TRAIN_VS_TEST,
+                                 compared=REAL_TRAINING)
+    comparison = pd.DataFrame([_comparison_row(test_interactions, train_interactions, downstream, fold=fold,
+                                               generator=REAL_TRAIN_VS_TEST, cells=REAL_TRAINING,
+                                               n_cells=train.n_obs)])
+    return markers, comparison
+
+
+# ----------------------------------------------------------------------------- generator level
+def synthetic_markers(
+    synthetic: AnnData, test: AnnData, real_top_markers: pd.DataFrame, downstream: dict[str, Any], *,
+    generator: str, fold: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """Marker genes of the generator's (matched) synthetic cells.
+
+    Returns the ranking, the generator's own candidate markers (mutually exclusive, as for the real
+    cells) and violin plots of the real cells' top candidate markers, test cells (blue) next to the
+    synthetic cells (red).
+    """
+    if not synthetic.var_names.equals(test.var_names):
+        raise ValueError(f"{generator} fold {fold}: synthetic cells do not have the fold's genes")
+    ranking = _rank(synthetic, downstream, f"{generator} fold {fold} synthetic cells")
+    candidates = ds.candidate_markers(ds.top_markers(ranking, **_marker_options(downstream)))
+    genes = ds.top_unique_markers(real_top_markers)
+    fig = figures.plot_marker_violins(
+        genes, test, synthetic, label_key=LABEL_KEY, real_name="test cells", synthetic_name=f"{generator} cells",
+        title=f"{generator}, fold {fold}: the real cells' top marker of each type, test vs synthetic cells")
+    return ranking, candidates, figures.figure_to_image(fig, dpi=_dpi(downstream))
+
+
+def _augmentation(synthetic: AnnData, upsample: AnnData, downstream: dict[str, Any]) -> tuple[str, AnnData]:
+    choice = str((downstream.get("interactions") or {}).get("real_plus_synthetic", "upsample"))
+    if choice not in {"upsample", "matched"}:
+        raise ValueError(f"downstream.interactions.real_plus_synthetic must be upsample or matched, got {choice!r}")
+    return choice, (upsample if choice == "upsample" else synthetic)
+
+
+def synthetic_interactions(
+    train: AnnData, synthetic: AnnData, upsample: AnnData, downstream: dict[str, Any], *, generator: str, fold: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CellPhoneDB interactions of the generator's cells: synthetic only, and real training + synthetic.
+
+    Synthetic only: the matched cells (as many as the test cells). Real + synthetic: the training
+    cells plus the generator's ``upsample`` cells (default; the paper's augmentation) or its matched
+    cells (``downstream.interactions.real_plus_synthetic``).
+    """
+    only = _interactions(synthetic, downstream, f"{generator} fold {fold} synthetic only")
+    choice, extra = _augmentation(synthetic, upsample, downstream)
+    combined = ds.combine_cells([("real", train), (f"synthetic_{choice}", extra)], LABEL_KEY)
+    both = _interactions(combined, downstream, f"{generator} fold {fold} real + synthetic ({choice})")
+    return only, both
+
+
+def score_generator(
+    test_ranking: pd.DataFrame, ranking: pd.DataFrame, test_interactions: pd.DataFrame,
+    synthetic_only: pd.DataFrame, real_plus_synthetic: pd.DataFrame, train: AnnData, synthetic: AnnData,
+    upsample: AnnData, downstream: dict[str, Any], *, generator: str, fold: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Marker preservation and interaction comparison of one generator against the test cells.
+
+    Also logs the summary numbers into the generator's MLflow run (``downstream/...`` metrics).
+    """
+    markers = _preservation_rows(test_ranking, ranking, downstream, fold=fold, generator=generator,
+                                 compared=SYNTHETIC_ONLY)
+    choice, extra = _augmentation(synthetic, upsample, downstream)
+    rows = [
+        _comparison_row(test_interactions, synthetic_only, downstream, fold=fold, generator=generator,
+                        cells=SYNTHETIC_ONLY, n_cells=synthetic.n_obs),
+        _comparison_row(test_interactions, real_plus_synthetic, downstream, fold=fold, generator=generator,
+                        cells=REAL_PLUS_SYNTHETIC, n_cells=train.n_obs + extra.n_obs),
+    ]
+    rows[1]["synthetic_cells"] = choice
+    comparison = pd.DataFrame(rows)
+    overall = markers[markers["cell_type"] == "all"].iloc[0]
+    metrics = {f"downstream/markers/{k}": overall[k] for k in ("jaccard_top", "unique_recovered", "logfc_spearman")}
+    for row in rows:
+        kind = "synthetic_only" if row["cells"] == SYNTHETIC_ONLY else "real_plus_synthetic"
+        for key in ("rmse", "rmse_shared", "rmse_expressed", "jaccard_significant"):
+            metrics[f"downstream/interactions/{kind}/{key}"] = row[key]
+    _log_to_generator_run(synthetic, metrics)
+    return markers, comparison
+
+
+# ----------------------------------------------------------------------------- reporting
+def plot_fold_interactions(
+    downstream: dict[str, Any], test_interactions: pd.DataFrame, train_interactions: pd.DataFrame,
+    *generator_tables: pd.DataFrame, generators: tuple[str, ...], fold: int,
+) -> tuple[Any, Any]:
+    """Heatmaps of significant interaction counts (Fig 6) and the dot plot (Fig 7) of one fold.
+
+    ``generator_tables``: for each of ``generators`` in order, its synthetic-only then its
+    real + synthetic table.
+    """
+    if len(generator_tables) != 2 * len(generators):
+        raise ValueError("plot_fold_interactions needs two interaction tables per generator")
+    only = {f"{g} ({SYNTHETIC_ONLY})": generator_tables[2 * i] for i, g in enumerate(generators)}
+    both = {f"{g} ({REAL_PLUS_SYNTHETIC})": generator_tables[2 * i + 1] for i, g in enumerate(generators)}
+    tables = {TEST_CELLS: test_interactions, REAL_TRAINING: train_interactions, **only, **both}
+    f = downstream.get("figures") or {}
+    heatmaps = figures.plot_interaction_heatmaps(
+        tables, title=f"Fold {fold}: significant interactions between cell types (CellPhoneDB via LIANA)")
+    dotplot = figures.plot_interaction_dotplot(
+        {TEST_CELLS: test_interactions, REAL_TRAINING: train_interactions, **only}, TEST_CELLS,
+        n_pairs=int(f.get("dotplot_pairs", 15)), n_celltype_pairs=int(f.get("dotplot_celltype_pairs", 12)),
+        title=f"Fold {fold}: strongest ligand–receptor pairs of the test cells, in every set of cells")
+    dpi = _dpi(downstream)
+    return figures.figure_to_image(heatmaps, dpi=dpi), figures.figure_to_image(dotplot, dpi=dpi)
+
+
+def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
+    """One table from the per-fold and per-generator frames (real rows first)."""
+    frames = [f for f in frames if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).sort_values(["fold"], kind="stable").reset_index(drop=True)
+
+
+def build_downstream_section(
+    marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, downstream: dict[str, Any],
+    dataset: dict[str, Any], *fold_objects: Any, generators: tuple[str, ...], folds: tuple[int, ...],
+) -> str:
+    """The report section (HTML fragment); it, the tables and the figures are logged into the parent run.
+
+    ``fold_objects``: for each fold in order, its candidate markers, textbook check, test-cell
+    interactions, real violin plot, heatmaps and dot plot, then each generator's violin plot.
+    """
+    per_fold = 6 + len(generators)
+    if len(fold_objects) != per_fold * len(folds):
+        raise ValueError("build_downstream_section: unexpected number of fold objects")
+    name = str(dataset.get("name", "data"))
+    n_markers = int((downstream.get("figures") or {}).get("report_markers_per_type", 5))
+    options = _marker_options(downstream)
+    i = downstream.get("interactions") or {}
+    tables: list[SectionTable] = []
+    figs: list[SectionFigure] = []
+    facts: list[str] = []
+    marker_note = (f"{downstream.get('markers', {}).get('method', 'wilcoxon')} test; markers: adjusted p < "
+                   f"{options['max_pval_adj']}, log2FC > {options['min_logfc']}, top {options['n_top']} per type "
+                   f"by {options['rank_by']}.")
+    for j, k in enumerate(folds):
+        candidates, check, test_interactions, violins, heatmaps, dotplot, *generator_violins = fold_objects[
+            j * per_fold:(j + 1) * per_fold]
+        coverage = ds.resource_coverage(test_interactions, str(i.get("resource_name", "consensus")))
+        facts.append(f"Fold {k}: {coverage['pairs_measured']} of the {coverage['pairs_in_resource']} ligand–receptor "
+                     f"pairs of the {i.get('resource_name', 'consensus')} resource can be scored on the test cells (all "
+                     "their genes among the fold's HVGs and detected); the others cannot be analysed.")
+        tables.append(SectionTable(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
+                                   figures.marker_summary_rows(candidates, n_markers),
+                                   [marker_note, f"Full table: data/08_reporting/downstream/fold_{k}/candidate_markers_real.csv."]))
+        if len(check):
+            shown = check.assign(position=check["position"].map(lambda v: "–" if pd.isna(v) else str(int(v))))
+            tables.append(SectionTable(f"Textbook markers among the real cells' markers, fold {k} ({name})",
+                                       shown[["cell_type", "gene", "measured", "in_top", "position", "unique",
+                                              "type_ok"]],
+                                       ["in_top: in the type's top list; unique: a mutually exclusive candidate; "
+                                        "type_ok: one of the type's textbook markers is in its top list."]))
+        figs.append(SectionFigure(f"Fig 5: top marker of each cell type, real cells, fold {k}", _png(violins),
+                                  "Each panel: one type's most significant mutually exclusive marker (type shaded), expression "
+                                  "in every cell type; fold's training + test cells."))
+        for g, image in zip(generators, generator_violins, strict=True):
+            figs.append(SectionFigure(f"Markers in {g}'s cells, fold {k}", _png(image),
+                                      "The real cells' top markers: test cells (blue) and the generator's matched "
+                                      "synthetic cells (red) per cell type."))
+        figs.append(SectionFigure(f"Fig 6: significant interactions between cell types, fold {k}", _png(heatmaps),
+                                  f"Count of interactions with p ≤ {i.get('alpha', 0.05)} per source × target type "
+                                  "(one colour scale); grey: type not analysed in that set (too few cells)."))
+        figs.append(SectionFigure(f"Fig 7: strongest ligand–receptor pairs, fold {k}", _png(dotplot),
+                                  "Rows and columns chosen on the test cells; colour: interaction mean; size: −log10 p; "
+                                  "black edge: significant; no dot: mean 0 (a partner not detected) or type not analysed."))
+    tables.insert(0, SectionTable("Interactions: aligned RMSE of interaction means against the test cells (Table 4)",
+                                  interaction_summary(interactions_rmse),
+                                  [f"LIANA CellPhoneDB, resource {i.get('resource_name', 'consensus')}, "
+                                   f"expr_prop {i.get('expr_prop', 0.1)}, {i.get('n_perms', 1000)} permutations "
+                                   f"(seed {i.get('seed', 0)}), min {i.get('min_cells', 5)} cells per type.",
+                                   "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
+                                   "types_excluded)."]))
+    tables.insert(0, SectionTable("Marker preservation against the test cells",
+                                  preservation_summary(marker_preservation),
+                                  [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
+    choice = str(i.get("real_plus_synthetic", "upsample"))
+    facts = [
+        f"Dataset: {name}; folds: {', '.join(str(k) for k in folds)}; generators: {', '.join(generators) or 'none'}",
+        "Real + synthetic = the real training cells + the generator's "
+        + ("up-sampling cells (rare types topped up to the Q3 type size)" if choice == "upsample"
+           else "matched cells (as many as the test cells)") + ".",
+        *facts,
+    ]
+    text = build_section_html(tables, figs, facts)
+    _log_section_to_parent_run(text, marker_preservation, interactions_rmse, figs)
+    return text
+
+
+def _log_section_to_parent_run(text: str, markers: pd.DataFrame, rmse: pd.DataFrame,
+                               figs: list[SectionFigure]) -> None:
+    recorder = tracking.parent_recorder()
+    if not recorder.run_id:
+        return
+    try:
+        metrics = {}
+        for row in rmse.itertuples(index=False):
+            kind = {SYNTHETIC_ONLY: "synthetic_only", REAL_PLUS_SYNTHETIC: "real_plus_synthetic"}.get(row.cells, "real")
+            metrics[_MLFLOW_KEY.sub("_", f"downstream/{row.generator}/{kind}/rmse/fold_{row.fold}")] = row.rmse
+        overall = markers[markers["cell_type"] == "all"]
+        for row in overall.itertuples(index=False):
+            metrics[_MLFLOW_KEY.sub("_", f"downstream/{row.generator}/marker_jaccard/fold_{row.fold}")] = row.jaccard_top
+        recorder.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
+        with tempfile.TemporaryDirectory() as folder:
+            root = Path(folder)
+            (root / "downstream_section.html").write_text(text, encoding="utf-8")
+            markers.to_csv(root / "marker_preservation.csv", index=False)
+            rmse.to_csv(root / "interactions_rmse.csv", index=False)
+            for n, item in enumerate(figs):
+                slug = re.sub(r"[^a-z0-9]+", "_", item.title.lower()).strip("_")[:80]
+                (root / f"{n:02d}_{slug}.png").write_bytes(item.png)
+            recorder.log_artifacts(root, artifact_path="downstream")
+    except Exception as exc:  # tracking must never break the analysis
+        log.warning("could not log the downstream section into the parent MLflow run: %s", exc)

@@ -1,0 +1,88 @@
+"""The generation pipeline: one generator × fold end to end in a Kedro session, tracked in MLflow."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from kedro_helpers import make_project_copy, run_session
+from mlflow import MlflowClient
+
+from cellsynth.generators.modes import q3_upsample_counts
+from cellsynth.pipelines.generation.nodes import build_generator, cells_to_generate
+from cellsynth.pipelines.generation.pipeline import create_pipeline
+from cellsynth.run_matrix import RunMatrix
+from conftest import RAW_DATA
+
+
+def test_one_namespace_per_generator_and_fold():
+    pipe = create_pipeline(RunMatrix(folds=(0, 2), generators=("maf", "train_copy")))
+    assert sorted(n.namespace for n in pipe.nodes) == ["maf.fold_0", "maf.fold_2", "train_copy.fold_0", "train_copy.fold_2"]
+    assert "maf.fold_2.synthetic" in pipe.outputs() and "fold_2.train" in pipe.inputs()
+
+
+def test_upsample_counts_follow_the_q3_rule(tiny_adata_factory):
+    train = tiny_adata_factory(100, 5, 4, seed=0)
+    sizes = [10, 20, 30, 40]
+    labels = np.repeat([f"type_{i}" for i in range(4)], sizes)
+    train = train[:100].copy()
+    train.obs["cell_type"] = pd.Categorical(labels)
+    counts = cells_to_generate(train, train[:7], "upsample", seed=0)
+    q3 = int(np.quantile(sizes, 0.75, method="nearest"))
+    assert q3 == 30
+    assert {k: v for k, v in counts.items() if v} == {"type_0": 20, "type_1": 10}
+    assert counts == q3_upsample_counts(dict(zip([f"type_{i}" for i in range(4)], sizes, strict=True)))
+    matched = cells_to_generate(train, train[:7], "matched", seed=0)
+    assert sum(matched.values()) == 7
+
+
+def test_unconditional_preset_with_one_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="strategy: per_type"):
+        build_generator("maf", {"conditional": False}, "conditional")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project_copy(tmp_path)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    full = ad.read_h5ad(RAW_DATA / "pbmc3k_counts.h5ad")
+    keep = np.sort(np.random.default_rng(1).choice(full.n_obs, 600, replace=False))
+    full[keep].copy().write_h5ad(root / "data" / "01_raw" / "subset.h5ad")
+    return root
+
+
+def test_generation_runs_one_generator_and_fold_end_to_end(project):
+    params = {
+        "dataset": {"name": "subset", "path": str(project / "data/01_raw/subset.h5ad"), "label_key": "seurat_annotations"},
+        "splitting": {"n_top_genes": 100},
+        "generation": {"generators": ["maf"], "progress": False},
+        "generator_presets": {"maf": {"default": {"epochs": 3, "n_layers": 2, "hidden_features": 32}}},
+    }
+    run_session(project, "generation", params)
+
+    out = project / "data" / "07_model_output" / "maf" / "fold_0"
+    test = ad.read_h5ad(project / "data" / "05_model_input" / "fold_0" / "test.h5ad")
+    synthetic = ad.read_h5ad(out / "synthetic.h5ad")
+    upsample = ad.read_h5ad(out / "upsample.h5ad")
+    assert synthetic.shape == (test.n_obs, 100)
+    assert list(synthetic.var_names) == list(test.var_names)
+    assert synthetic.obs["generator"].eq("maf").all() and (synthetic.X >= 0).all()
+    assert upsample.n_obs > 0
+    history = pd.read_parquet(out / "training_history.parquet")
+    assert set(history["series"]) >= {"train_loss", "val_loss"}
+    assert (project / "data" / "06_models" / "maf" / "fold_0" / "generator.json").is_file()
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cellsynth-subset")
+    runs = client.search_runs([experiment.experiment_id])
+    child = next(r for r in runs if r.data.tags.get("generator") == "maf")
+    parent = next(r for r in runs if r.info.run_id == child.data.tags["mlflow.parentRunId"])
+    assert parent.data.params["splitting.n_top_genes"] == "100"
+    assert child.data.params["hp.hidden_features"] == "32"
+    assert synthetic.uns["cellsynth"]["mlflow_run_id"] == child.info.run_id
+    losses = client.get_metric_history(child.info.run_id, "train_loss")
+    assert len(losses) == 3 and [m.step for m in losses] == [0, 1, 2]
+    assert {"fit_seconds", "sample_seconds", "peak_rss_gib_fit"} <= set(child.data.metrics)
+    assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["checkpoint"]

@@ -1,0 +1,182 @@
+"""MAF generator: both backends build what they claim, the default learns, conditioning works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+
+from cellsynth.generators import GENERATORS, GeneratorError
+from cellsynth.generators.maf import MAFGenerator
+
+PAPER = {
+    "backend": "nflows",
+    "conditional": False,
+    "n_layers": 1,
+    "hidden_features": 1024,
+    "hidden_layers": 2,
+    "learning_rate": 1e-6,
+    "epochs": 100,
+    "batch_size": 128,
+    "noise_std": 0.0,
+    "grad_clip": None,
+    "validation_fraction": 0.0,
+    "patience": None,
+}
+
+SMALL = {"n_layers": 2, "hidden_features": 32, "batch_size": 32, "learning_rate": 5e-3}
+
+
+def separated_adata(n_per_type: int = 150, n_genes: int = 8, seed: int = 0) -> AnnData:
+    """Three types with means far apart and correlated genes (a shared factor)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([[1.0] * n_genes, [4.0] * n_genes, [1.0] * (n_genes // 2) + [4.0] * (n_genes - n_genes // 2)])
+    labels = np.repeat(np.arange(3), n_per_type)
+    factor = rng.normal(size=(len(labels), 1))
+    X = means[labels] + 0.4 * factor + 0.15 * rng.normal(size=(len(labels), n_genes))
+    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type_{i}" for i in labels])})
+    obs.index = obs.index.astype(str)
+    return AnnData(X=X.astype(np.float32), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+
+
+def test_registered():
+    assert GENERATORS["maf"] is MAFGenerator
+    assert MAFGenerator.name == "maf"
+
+
+def test_default_backend_learns(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=300, n_genes=12, n_types=3, seed=2)
+    model = MAFGenerator(label_key="cell_type", **SMALL, epochs=6, patience=None)
+    history = model.fit(adata, seed=0, progress=False)
+    assert type(model.flow).__module__.startswith("zuko")
+    assert len(history.train_loss) == 6
+    assert len(history.val_loss) == 6  # a validation slice of the training cells is scored
+    # NLL per cell of 12 z-scored genes: a standard normal scores ~17; a learnt flow far less.
+    assert history.train_loss[-1] < history.train_loss[0] - 4
+    assert min(history.val_loss) < history.val_loss[0] - 4
+    assert history.best_epoch is not None
+
+
+def test_early_stopping_restores_best(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=120, n_genes=10, n_types=3, seed=4)
+    model = MAFGenerator(label_key="cell_type", **{**SMALL, "learning_rate": 3e-2}, epochs=200, patience=2)
+    history = model.fit(adata, seed=0, progress=False)
+    assert history.stopped_early and len(history.train_loss) < 200
+    assert history.best_epoch == int(np.argmin(history.val_loss))
+
+
+def test_paper_preset_is_the_papers_nflows_flow(tiny_adata_factory):
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows.base import Flow
+    from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
+    from nflows.transforms.base import CompositeTransform
+
+    adata = tiny_adata_factory(n_cells=40, n_genes=6, n_types=2, seed=0)
+    model = MAFGenerator(label_key="cell_type", **{**PAPER, "epochs": 1})
+    history = model.fit(adata, seed=0, progress=False)
+    assert history.val_loss == [] and not history.stopped_early
+    assert model.conditional is False
+
+    flow = model.flow
+    assert isinstance(flow, Flow)
+    assert isinstance(flow._transform, CompositeTransform)
+    assert isinstance(flow._distribution, StandardNormal)
+    transforms = list(flow._transform._transforms)
+    assert len(transforms) == 1 and isinstance(transforms[0], MaskedAffineAutoregressiveTransform)
+    made = transforms[0].autoregressive_net
+    assert made.initial_layer.in_features == 6 and made.initial_layer.out_features == 1024
+    assert len(made.blocks) == 2  # nflows' default num_blocks
+    assert made.final_layer.out_features == 2 * 6  # shift and scale per gene
+
+    synth = model.sample(10, seed=0)
+    assert (synth.obs["label_source"] == "knn").all()
+    assert np.isfinite(synth.X).all()
+
+
+def test_conditional_samples_sit_near_their_type():
+    adata = separated_adata()
+    model = MAFGenerator(label_key="cell_type", **{**SMALL, "learning_rate": 1e-2}, epochs=12, patience=None)
+    model.fit(adata, seed=1, progress=False)
+    types = ["type_0", "type_1", "type_2"]
+    train_means = np.stack([adata.X[(adata.obs["cell_type"] == t).to_numpy()].mean(0) for t in types])
+    synth = model.sample(90, cell_types={t: 30 for t in types}, seed=3)
+    assert (synth.obs["label_source"] == "conditioned").all()
+    for i, t in enumerate(types):
+        mean = synth.X[(synth.obs["cell_type"] == t).to_numpy()].mean(0)
+        distances = np.linalg.norm(train_means - mean, axis=1)
+        others = np.delete(distances, i)
+        assert distances[i] < 0.2 * others.min(), (t, distances)  # type means are >= 5.6 apart
+
+
+def test_seeds_and_global_rng(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=90, n_genes=8, n_types=3, seed=5)
+    model = MAFGenerator(label_key="cell_type", **SMALL, epochs=2, patience=None)
+    model.fit(adata, seed=0, progress=False)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = model.sample(25, seed=7).X
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG stream is untouched
+    b = model.sample(25, seed=7).X
+    c = model.sample(25, seed=8).X
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+    same = MAFGenerator(label_key="cell_type", **SMALL, epochs=2, patience=None)
+    same.fit(adata, seed=0, progress=False)
+    np.testing.assert_allclose(same.sample(25, seed=7).X, a, rtol=1e-5, atol=1e-6)
+
+
+def test_paper_backend_seeded_and_reloads(tiny_adata_factory, tmp_path):
+    adata = tiny_adata_factory(n_cells=60, n_genes=5, n_types=2, seed=6)
+    model = MAFGenerator(label_key="cell_type", **{**PAPER, "epochs": 1, "hidden_features": 16})
+    model.fit(adata, seed=0, progress=False)
+    a = model.sample(30, seed=1)
+    np.testing.assert_array_equal(a.X, model.sample(30, seed=1).X)
+    assert not np.allclose(a.X, model.sample(30, seed=2).X)
+    model.save(tmp_path / "m")
+    restored = MAFGenerator.load(tmp_path / "m")
+    assert restored.conditional is False
+    np.testing.assert_allclose(restored.sample(30, seed=1).X, a.X, rtol=1e-5, atol=1e-6)
+
+
+def test_conditional_nflows_and_alternate_zuko_orders(tiny_adata_factory, tmp_path):
+    adata = tiny_adata_factory(n_cells=60, n_genes=6, n_types=3, seed=7)
+    for params in (
+        {"backend": "nflows", "n_layers": 2, "hidden_features": 16, "order": "random"},
+        {"backend": "zuko", "n_layers": 3, "hidden_features": 16, "order": "alternate", "passes": None},
+    ):
+        model = MAFGenerator(label_key="cell_type", **params, epochs=1, patience=None)
+        model.fit(adata, seed=0, progress=False)
+        synth = model.sample(9, cell_types={"type_1": 9}, seed=0)
+        assert (synth.obs["cell_type"] == "type_1").all()
+        model.save(tmp_path / params["backend"])
+        again = MAFGenerator.load(tmp_path / params["backend"]).sample(9, cell_types={"type_1": 9}, seed=0)
+        np.testing.assert_allclose(again.X, synth.X, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"backend": "tensorflow"},
+        {"n_layers": 0},
+        {"hidden_features": 2.5},
+        {"passes": 0},
+        {"learning_rate": 0},
+        {"validation_fraction": 1.0},
+        {"grad_clip": -1.0},
+        {"noise_std": -0.1},
+        {"patience": 3, "validation_fraction": 0.0},
+        {"device": "tpu"},
+    ],
+)
+def test_bad_hyperparameters_are_value_errors(bad):
+    with pytest.raises(ValueError, match="maf:"):
+        MAFGenerator(**bad)
+
+
+def test_passes_larger_than_genes(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=30, n_genes=4, n_types=2, seed=0)
+    with pytest.raises(GeneratorError, match="passes=5 exceeds"):
+        MAFGenerator(label_key="cell_type", passes=5).fit(adata, progress=False)
