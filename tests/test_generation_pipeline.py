@@ -6,7 +6,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from kedro_helpers import make_project_copy, run_session
 from mlflow import MlflowClient
 
 from cellsynth.generators.modes import q3_upsample_counts
@@ -14,6 +13,7 @@ from cellsynth.pipelines.generation.nodes import build_generator, cells_to_gener
 from cellsynth.pipelines.generation.pipeline import create_pipeline
 from cellsynth.run_matrix import RunMatrix
 from conftest import RAW_DATA
+from kedro_helpers import make_project_copy, run_session
 
 
 def test_one_namespace_per_generator_and_fold():

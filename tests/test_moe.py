@@ -224,6 +224,17 @@ def test_training_loss_falls_and_sampling_is_seeded(tiny_adata_factory, tmp_path
     np.testing.assert_allclose(restored.sample(30, seed=7).X, first, atol=1e-5)
 
 
+def test_paper_preset_fits_and_samples_unconditionally(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=60, n_genes=10, n_types=3, seed=5)
+    model = MOEGenerator.from_preset("paper", label_key="cell_type", gate_hidden=16, coupling_hidden=16,
+                                     maf_hidden=16, mask_hidden=16, epochs=2)
+    history = model.fit(adata, seed=0, progress=False)
+    assert len(history.train_loss) == 2 and history.val_loss == []
+    synth = model.sample(8, seed=1)
+    assert synth.shape == (8, 10) and np.isfinite(synth.X).all()
+    assert (synth.obs["label_source"] == "knn").all()
+
+
 def test_type_actnorm_starts_at_per_type_z_scores():
     from cellsynth.generators.moe import ActNorm
 

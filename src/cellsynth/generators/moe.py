@@ -617,7 +617,7 @@ class MOEFlow(nn.Module):
         return base + logdet, mask_mean
 
     @torch.no_grad()
-    def sample(self, n: int, context: torch.Tensor | None, generator: torch.Generator, chunk: int = 4096) -> torch.Tensor:
+    def sample(self, n: int, context: torch.Tensor | None, generator: torch.Generator, chunk: int = 128) -> torch.Tensor:
         device = next(self.parameters()).device
         z = torch.randn(n, self.features, generator=generator)
         out = []
