@@ -24,6 +24,7 @@ PAPER = {
     "grad_clip": None,
     "validation_fraction": 0.0,
     "patience": None,
+    "whiten": "none",
 }
 
 SMALL = {"n_layers": 2, "hidden_features": 32, "batch_size": 32, "learning_rate": 5e-3}
@@ -46,17 +47,25 @@ def test_registered():
     assert MAFGenerator.name == "maf"
 
 
-def test_default_backend_learns(tiny_adata_factory):
+@pytest.mark.parametrize(
+    ("preprocessing", "min_drop"),
+    [
+        ({}, 0.5),  # whitened and type-centred: starts near a per-type Gaussian, still improves
+        ({"whiten": "none", "center_by_type": False}, 4.0),  # raw z-scores: starts near N(0, I)
+    ],
+)
+def test_default_backend_learns(tiny_adata_factory, preprocessing, min_drop):
     adata = tiny_adata_factory(n_cells=300, n_genes=12, n_types=3, seed=2)
-    model = MAFGenerator(label_key="cell_type", **SMALL, epochs=6, patience=None)
+    model = MAFGenerator(label_key="cell_type", **SMALL, **preprocessing, epochs=6, patience=None)
     history = model.fit(adata, seed=0, progress=False)
     assert type(model.flow).__module__.startswith("zuko")
     assert len(history.train_loss) == 6
     assert len(history.val_loss) == 6  # a validation slice of the training cells is scored
-    # NLL per cell of 12 z-scored genes: a standard normal scores ~17; a learnt flow far less.
-    assert history.train_loss[-1] < history.train_loss[0] - 4
-    assert min(history.val_loss) < history.val_loss[0] - 4
-    assert history.best_epoch is not None
+    assert history.train_loss[-1] < history.train_loss[0] - min_drop
+    assert history.val_loss[-1] < history.val_loss[0] - min_drop
+    assert history.best_epoch == 5
+    # NLL per cell of 12 z-scored genes; a standard normal scores ~17 on the first epoch.
+    assert history.val_loss[-1] < 10.5
 
 
 def test_early_stopping_restores_best(tiny_adata_factory):
@@ -156,6 +165,27 @@ def test_conditional_nflows_and_alternate_zuko_orders(tiny_adata_factory, tmp_pa
         np.testing.assert_allclose(again.X, synth.X, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_map_is_an_exact_bijection(tiny_adata_factory):
+    from cellsynth.generators.maf import _LinearMap
+
+    adata = tiny_adata_factory(n_cells=80, n_genes=10, n_types=3, seed=8)
+    X = np.asarray(adata.X)
+    labels = adata.obs["cell_type"].cat.codes.to_numpy().astype(np.int64)
+    prep = _LinearMap.fit(X, labels, n_types=3, standardize=True, pca_components=4, seed=0)
+    W = prep.transform(X, labels)
+    np.testing.assert_allclose(prep.inverse_transform(W, labels), X, atol=1e-4)
+    for k in range(3):
+        np.testing.assert_allclose(W[labels == k].mean(0), 0, atol=1e-4)  # centred per type
+    Q = prep.rotation.astype(np.float64)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(10), atol=1e-5)
+    # log|det dw/dz| of w = (z Q) / s
+    expected = np.linalg.slogdet(Q / prep.rotation_scale.astype(np.float64))[1]
+    assert prep.log_det == pytest.approx(expected, abs=1e-4)
+    # Whitened coordinates have unit variance over the training cells (before centring).
+    plain = _LinearMap.fit(X, None, n_types=3, standardize=True, pca_components=4, seed=0)
+    np.testing.assert_allclose(plain.transform(X, None).std(0), 1, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -169,6 +199,8 @@ def test_conditional_nflows_and_alternate_zuko_orders(tiny_adata_factory, tmp_pa
         {"noise_std": -0.1},
         {"patience": 3, "validation_fraction": 0.0},
         {"device": "tpu"},
+        {"whiten": "zca"},
+        {"pca_components": 0},
     ],
 )
 def test_bad_hyperparameters_are_value_errors(bad):

@@ -209,5 +209,24 @@ def test_per_type_bad_parameters_are_clear_errors():
         PerTypeGenerator(generator="train_copy", typo=1)
     with pytest.raises(ValueError, match="min_cells"):
         PerTypeGenerator(generator="train_copy", min_cells=1)
+    with pytest.raises(TypeError, match="both in params and as keywords"):
+        PerTypeGenerator("class_gaussian_pca", params={"n_components": 3}, n_components=4)
     # A class is accepted and stored by its registered name.
     assert PerTypeGenerator(generator=GENERATORS["train_copy"]).params.generator == "train_copy"
+
+
+def test_per_type_positional_generator_and_flat_sub_hyperparameters(adata, tmp_path):
+    # The generation pipeline's call: PerTypeGenerator(cls, label_key=..., **preset)
+    model = PerTypeGenerator(
+        GENERATORS["class_gaussian_pca"], label_key="cell_type", n_components=2, standardize=False, types=["type_0"]
+    )
+    assert model.params.generator == "class_gaussian_pca"
+    assert model.params.params == {"n_components": 2, "standardize": False}
+    assert model.params.types == ("type_0",)
+    model.fit(adata, seed=0, progress=False)
+    assert model.models_["type_0"].params.n_components == 2
+    model.save(tmp_path / "flat")
+    restored = Generator.load(tmp_path / "flat")
+    assert restored.params == model.params
+    with pytest.raises(TypeError, match=r"unknown hyperparameter.*n_comps"):
+        PerTypeGenerator("class_gaussian_pca", n_comps=2)

@@ -128,6 +128,15 @@ class PerTypeParams:
 _INDEX_FILE = "per_type.json"
 
 
+def _generator_class(generator: Any) -> type[Generator] | None:
+    """The registered class of ``generator`` (a name or a class), ``None`` if it is neither."""
+    from cellsynth.generators import GENERATORS
+
+    if isinstance(generator, type) and issubclass(generator, Generator):
+        return generator
+    return GENERATORS.get(generator) if isinstance(generator, str) else None
+
+
 class PerTypeGenerator(Generator):
     """One model per cell type: the seed paper's strategy for up-sampling minority types.
 
@@ -139,6 +148,13 @@ class PerTypeGenerator(Generator):
     ``conditional=False``) are fine: each sees a single type, so the wrapper labels its cells with
     that type (``label_source == "conditioned"``).
 
+    Construction: ``PerTypeGenerator(generator, label_key=..., **hyperparameters)``, where
+    ``generator`` is a name in ``GENERATORS`` or a generator class, and ``hyperparameters`` mixes
+    the wrapper's own fields (``types``, ``min_cells``, ``small_types``; see
+    :class:`PerTypeParams`) with the sub-models' hyperparameters, which are collected into
+    ``params`` (``params={...}`` may also be given directly). For example
+    ``PerTypeGenerator("ctgan", epochs=10, types=["DC"])``.
+
     The per-epoch losses of sub-model ``t`` are in ``history.extra[f"{t}/train_loss"]`` (and
     ``.../val_loss`` and any extra series); ``on_epoch`` receives the same prefixed keys.
     ``save`` writes each sub-model into ``directory / "types" / "<index>"``.
@@ -147,7 +163,33 @@ class PerTypeGenerator(Generator):
     name = "per_type"
     Params = PerTypeParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
+    def __init__(
+        self,
+        generator: str | type[Generator] | None = None,
+        label_key: str = "cell_type",
+        **hyperparameters: Any,
+    ):
+        own = {f.name for f in dataclasses.fields(PerTypeParams)}
+        sub = {key: hyperparameters.pop(key) for key in list(hyperparameters) if key not in own}
+        if generator is not None:
+            if "generator" in hyperparameters:
+                raise TypeError("per_type: generator given both positionally and as a keyword")
+            hyperparameters["generator"] = generator
+        if sub:
+            params = dict(hyperparameters.get("params") or {})
+            clash = sorted(set(params) & set(sub))
+            if clash:
+                raise TypeError(f"per_type: hyperparameters {clash} given both in params and as keywords")
+            sub_cls = _generator_class(hyperparameters.get("generator"))
+            valid = {f.name for f in dataclasses.fields(sub_cls.Params)} if sub_cls is not None else set()
+            unknown = sorted(set(sub) - valid)
+            if unknown:
+                raise TypeError(
+                    f"PerTypeGenerator got unknown hyperparameter(s) {unknown}; valid names: wrapper "
+                    f"{sorted(own - {'generator', 'params'})}, sub-model "
+                    f"{getattr(sub_cls, '__name__', None)} {sorted(valid)}"
+                )
+            hyperparameters["params"] = {**params, **sub}
         super().__init__(label_key=label_key, **hyperparameters)
         self.models_: dict[str, Generator] = {}
 
