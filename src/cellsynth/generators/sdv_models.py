@@ -45,8 +45,9 @@ Devices
 
 Cost
     CTGAN and TVAE first fit a Bayesian Gaussian mixture per gene (CTGAN's mode-specific
-    normalisation; about 0.3-3 s per gene on one CPU core, so tens of minutes for 2000 genes
-    before the first epoch) and then work on an input of up to 11 columns per gene. The Gaussian
+    normalisation; about 0.1-0.5 s of CPU per gene, so minutes for 2000 genes before the first
+    epoch, without a progress bar) and then work on an input of up to 11 columns per gene. The
+    encoding runs in-process (see ``_fit``): CTGAN's own joblib parallelism is quadratic in genes. The Gaussian
     copula fits one univariate distribution per gene (``default_distribution``; ``"beta"``, SDV's
     default, is the slowest) and a genes × genes correlation matrix. See
     ``benchmarks/sdv_timing.py`` for measured times; the quick default run skips these models.
@@ -64,6 +65,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -296,7 +298,11 @@ class SDVGenerator(Generator):
         with _quiet() as printed:
             metadata = self._metadata(frame)
             self._synth = self._synthesizer(metadata, progress)
-            with torch.random.fork_rng(devices=[]):
+            # CTGAN's data transformer encodes tables of >= 500 rows with joblib ``Parallel`` over
+            # genes, each task pickling the whole transformer (every gene's mixture): quadratic in
+            # the genes (150 genes: 86 s with loky vs 12 s in-process; 2000 genes: hours). Run
+            # those tasks in-process (also keeps the global RNG seeded below in charge).
+            with torch.random.fork_rng(devices=[]), joblib.parallel_config(backend="sequential"):
                 torch.manual_seed(int(seed))
                 np.random.seed(int(seed) % 2**32)  # noqa: NPY002 (CTGAN/TVAE draw from the global RNG)
                 self._synth.fit({_TABLE: frame})
