@@ -233,3 +233,40 @@ def test_cells_with_non_finite_values_are_left_out_and_counted(fold, evaluated):
     assert np.isfinite(frame.loc[frame["protocol"] == ev.PAPER, "value"]).all()
     utility = ev.utility_metrics(train, test, broken[:30], SETTINGS, dataset="tiny", fold=0, generator="fresh")
     assert value(utility, "fresh", ev.UTILITY, "n_train_extra") == 26
+
+
+def _utility_rows(f1_by_generator: dict[str, list[float]]) -> pd.DataFrame:
+    """Long metrics rows of macro F1 per fold, as the evaluation pipeline writes them."""
+    return pd.DataFrame(
+        [
+            {"dataset": "tiny", "generator": generator, "fold": fold, "protocol": ev.UTILITY,
+             "cell_type": ev.protocol.ALL_TYPES, "metric": "f1_macro", "value": value}
+            for generator, values in f1_by_generator.items()
+            for fold, value in enumerate(values)
+        ]
+    )
+
+
+def test_utility_verdict_names_the_largest_uplift_and_judges_smote_against_the_spread():
+    consistent = _utility_rows({
+        ev.REAL_ONLY: [0.70, 0.72, 0.71],
+        "smote": [0.75, 0.77, 0.76],
+        "maf": [0.80, 0.81, 0.82],            # +0.05 ± 0.01 over smote: beyond the spread
+        "train_copy": [0.71, 0.73, 0.72],
+    })
+    verdict = ev.tables.utility_verdict(consistent)
+    assert "Largest F1 (macro) uplift over real-only (0.710): maf (+0.100" in verdict
+    assert "beats smote beyond the fold-to-fold spread: maf (+0.050 ± 0.010)" in verdict
+
+    noisy = _utility_rows({
+        ev.REAL_ONLY: [0.70, 0.72, 0.71],
+        "smote": [0.75, 0.77, 0.76],
+        "maf": [0.78, 0.72, 0.77],            # -0.003 ± 0.04: within the spread
+    })
+    verdict = ev.tables.utility_verdict(noisy)
+    assert "Largest F1 (macro) uplift over real-only (0.710): smote (+0.050 ± 0.000 sd over 3 folds)" in verdict
+    assert "no trained generator beats smote beyond the fold-to-fold spread (closest: maf" in verdict
+
+    one_fold = _utility_rows({ev.REAL_ONLY: [0.70], "smote": [0.75], "maf": [0.80]})
+    assert "with one fold there is no spread" in ev.tables.utility_verdict(one_fold)
+    assert "smote was not run" in ev.tables.utility_verdict(_utility_rows({ev.REAL_ONLY: [0.7], "maf": [0.8]}))

@@ -41,6 +41,7 @@ __all__ = [
     "summarise",
     "to_markdown",
     "utility_table",
+    "utility_verdict",
 ]
 
 METRIC_LABELS: dict[str, str] = {
@@ -216,6 +217,50 @@ def utility_table(metrics: pd.DataFrame) -> pd.DataFrame:
         row.update({column_label(g): cells.get((g, UTILITY, cell_type, metric), "—") for g in generators})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+UPSAMPLING_REFERENCE = "smote"
+"""The generator every up-sampling result is judged against (what a user would otherwise use)."""
+
+
+def utility_verdict(metrics: pd.DataFrame, metric: str = "f1_macro") -> str:
+    """One sentence on the classification utility: the largest uplift over real-only, and SMOTE.
+
+    The uplift of a generator is its per-fold ``metric`` (protocol ``utility``, all types) minus the
+    real-only classifier's of the same fold. A generator beats ``smote`` *beyond the fold-to-fold
+    spread* when the mean of its paired per-fold differences to ``smote`` exceeds their sample sd
+    (so at least two folds are needed to claim it).
+    """
+    rows = _single_dataset(metrics)
+    rows = rows[(rows["protocol"] == UTILITY) & (rows["cell_type"] == ALL_TYPES) & (rows["metric"] == metric)]
+    per_fold = rows.pivot_table(index="fold", columns="generator", values="value", aggfunc="mean")
+    label = METRIC_LABELS.get(metric, metric).rstrip(" ↑")
+    if REAL_ONLY not in per_fold:
+        return f"No real-only {label} was computed, so no uplift can be stated."
+    generators = [g for g in generator_order(per_fold.columns) if g not in REAL_GENERATORS]
+    if not generators:
+        return f"No generator was evaluated for classification utility ({label})."
+    uplift = per_fold[generators].sub(per_fold[REAL_ONLY], axis=0)
+    n_folds = int(per_fold[REAL_ONLY].notna().sum())
+    best = str(uplift.mean().idxmax())
+    spread = f" ± {uplift[best].std():.3f} sd" if n_folds > 1 else ""
+    sentence = (f"Largest {label} uplift over real-only ({per_fold[REAL_ONLY].mean():.3f}): {best} "
+                f"({uplift[best].mean():+.3f}{spread} over {n_folds} fold{'s' if n_folds != 1 else ''})")
+    others = [g for g in generators if g != UPSAMPLING_REFERENCE and g not in SANITY_BASELINES]
+    if UPSAMPLING_REFERENCE not in per_fold:
+        return sentence + f"; {UPSAMPLING_REFERENCE} was not run, so nothing is compared with it."
+    if not others:
+        return sentence + f"; no trained generator other than {UPSAMPLING_REFERENCE} was evaluated."
+    if n_folds < 2:
+        return sentence + f"; with one fold there is no spread to judge a difference to {UPSAMPLING_REFERENCE} against."
+    difference = per_fold[others].sub(per_fold[UPSAMPLING_REFERENCE], axis=0)
+    winners = [g for g in others if difference[g].mean() > difference[g].std()]
+    if winners:
+        detail = ", ".join(f"{g} ({difference[g].mean():+.3f} ± {difference[g].std():.3f})" for g in winners)
+        return sentence + f"; beats {UPSAMPLING_REFERENCE} beyond the fold-to-fold spread: {detail}."
+    closest = str(difference.mean().idxmax())
+    return (sentence + f"; no trained generator beats {UPSAMPLING_REFERENCE} beyond the fold-to-fold spread "
+            f"(closest: {closest}, {difference[closest].mean():+.3f} ± {difference[closest].std():.3f}).")
 
 
 def _with_ratio(cells, means, generator: str, cell_type: str, metric: str) -> str:

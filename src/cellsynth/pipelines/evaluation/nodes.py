@@ -193,7 +193,7 @@ def make_tables(metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, pd.DataFrame,
     for table, title, notes in (
         (ev.paper_table(metrics), f"Table 1: paper protocol, {dataset}", ev.TABLE_NOTES["paper"]),
         (ev.utility_table(metrics), f"Table 3: up-sampling and classification utility, {dataset}",
-         ev.TABLE_NOTES["utility"]),
+         [ev.tables.utility_verdict(metrics), *ev.TABLE_NOTES["utility"]]),
         (ev.honest_table(metrics), f"Honest protocol, {dataset}", ev.TABLE_NOTES["honest"]),
         (ev.per_type_table(metrics), f"Honest protocol per cell type, {dataset}", ev.TABLE_NOTES["per_type"]),
     ):
@@ -248,13 +248,14 @@ def build_report(
         published = [ReportTable("For comparison: Table 1 as published (PBMC3K)", ev.tables.PUBLISHED_TABLE_1_PBMC3K,
                                  ["Turgut Ögme et al. 2025, Table 1 (the paper's own generators and runs)."],
                                  "published_table1")]
+    verdict = ev.tables.utility_verdict(metrics)
     tables = [
         ReportTable(f"Table 1: the paper's protocol ({dataset})", paper_table, ev.TABLE_NOTES["paper"], "table1_paper"),
         *published,
         ReportTable("Honest protocol: against half A, with ratios to the floor", honest_table,
                     ev.TABLE_NOTES["honest"], "table_honest"),
         ReportTable(f"Table 3: up-sampling and classification utility ({dataset})", utility_table,
-                    ev.TABLE_NOTES["utility"], "table3_utility"),
+                    [verdict, *ev.TABLE_NOTES["utility"]], "table3_utility"),
         ReportTable("Honest protocol per cell type", per_type_table, ev.TABLE_NOTES["per_type"], "table_per_type",
                     label_columns=2),
         ReportTable("Generator runs", ev.run_table(metrics),
@@ -276,6 +277,7 @@ def build_report(
         f"Folds: {', '.join(str(k) for k in sorted(metrics['fold'].unique()))}",
         f"Generators: {', '.join(generators) or 'none'}",
         f"Metrics rows: {len(metrics)} (data/08_reporting/metrics.parquet)",
+        f"Utility: {verdict}",
     ]
     text = ev.build_report_html(dataset=dataset, tables=tables, figures=figures,
                                 parameters=_report_parameters(parameters, generators), summary_lines=summary_lines)
