@@ -135,3 +135,22 @@ def test_kedro_run_downstream_on_real_cells(tmp_path, monkeypatch):
         assert (reporting / "downstream" / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     section = (reporting / "downstream_section.html").read_text(encoding="utf-8")
     assert section.count("data:image/png;base64,") == 5 and "http" not in section
+
+
+def test_batch_corrected_runs_explain_instead_of_analysing(monkeypatch):
+    from cellsynth import run_matrix
+    from cellsynth.pipelines.downstream.nodes import explain_downstream_skipped
+    from cellsynth.pipelines.downstream.pipeline import correction_method
+
+    two = [{"name": "a"}, {"name": "b"}]
+    assert correction_method({"datasets": two, "integration": {"method": "combat"}}) == "combat"
+    assert correction_method({"datasets": two, "integration": {"method": "none"}}) is None
+    assert correction_method({"datasets": [], "integration": {"method": "linear"}}) is None
+
+    monkeypatch.setattr(run_matrix, "_active_params", {"datasets": two, "integration": {"method": "linear"}})
+    pipe = create_pipeline(RunMatrix(folds=(0,), generators=("maf",)))
+    assert [n.name for n in pipe.nodes] == ["explain_downstream_skipped"]
+    assert pipe.all_outputs() == {"downstream_section"}
+    section = pipe.nodes[0].func({"name": "merged"})
+    assert 'id="downstream"' in section and "integration.method=linear" in section
+    assert "not valid input for marker tests or CellPhoneDB" in explain_downstream_skipped({"name": "x"}, method="combat")

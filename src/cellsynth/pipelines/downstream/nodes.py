@@ -292,6 +292,23 @@ def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["fold"], kind="stable").reset_index(drop=True)
 
 
+def explain_downstream_skipped(dataset: dict[str, Any], *, method: str) -> str:
+    """The downstream section of a run on batch-corrected expression: why nothing was computed.
+
+    Marker genes and CellPhoneDB interactions need log-normalised, non-negative expression; the folds
+    of an integrated run hold values corrected with ``method`` (negative ones included), and the
+    generators model those. Rather than statistics without meaning, or a run that fails after the
+    generators and the evaluation have finished, this logs a warning and writes the reason.
+    """
+    reason = (f"Downstream biology was not computed for {dataset.get('name', 'data')}: the cells were "
+              f"batch-corrected with integration.method={method}, and corrected values (negative ones "
+              "included) are not valid input for marker tests or CellPhoneDB interaction means, which need "
+              "log-normalised, non-negative expression. Run the downstream pipeline on one dataset, or with "
+              "integration.method: none, to analyse the biology.")
+    log.warning(reason)
+    return build_section_html([], [], [reason])
+
+
 def build_downstream_section(
     marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, downstream: dict[str, Any],
     dataset: dict[str, Any], *fold_objects: Any, generators: tuple[str, ...], folds: tuple[int, ...],

@@ -9,6 +9,7 @@ from cellsynth.pipelines._binding import bind
 from cellsynth.pipelines.downstream.nodes import (
     build_downstream_section,
     collect_frames,
+    explain_downstream_skipped,
     plot_fold_interactions,
     real_cell_markers,
     real_train_vs_test,
@@ -43,6 +44,17 @@ def downstream_folds(matrix: RunMatrix, setting: Any = None) -> tuple[int, ...]:
         raise ValueError(f"downstream.folds={list(folds)} must be `first`, `all` or folds of "
                          f"folds_to_run={list(matrix.folds)} (the generated folds)")
     return folds
+
+
+def correction_method(params: dict[str, Any] | None = None) -> str | None:
+    """The batch correction applied to the expression the generators model, or ``None`` if none.
+
+    Correction happens when several ``datasets`` are integrated with ``integration.method`` other
+    than ``none``; the corrected values (which may be negative) are what the folds hold.
+    """
+    params = run_matrix.active_parameters() if params is None else params
+    method = str((params.get("integration") or {}).get("method", "none"))
+    return method if len(params.get("datasets") or []) > 1 and method != "none" else None
 
 
 def _fold_pipeline(k: int) -> Pipeline:
@@ -113,7 +125,16 @@ def create_pipeline(matrix: RunMatrix, folds: tuple[int, ...] | None = None, **k
 
     Folds: ``downstream.folds`` (default the first of ``folds_to_run``), or ``folds`` when given.
     Reads what the generation pipeline saved.
+
+    On batch-corrected expression (several ``datasets`` with an ``integration.method``) marker
+    tests and CellPhoneDB have no meaning (see :func:`cellsynth.downstream.require_log_normalised`):
+    the pipeline is then the one node ``explain_downstream_skipped``, which says so in the log and
+    in the report's downstream section, so that the whole chain still runs end to end.
     """
+    method = correction_method()
+    if method is not None:
+        return pipeline([node(bind(explain_downstream_skipped, method=method), "params:dataset",
+                              "downstream_section", name="explain_downstream_skipped")])
     folds = tuple(folds) if folds is not None else downstream_folds(matrix)
     generators = tuple(matrix.generators)
     per_fold = sum((_fold_pipeline(k) for k in folds), Pipeline([]))
