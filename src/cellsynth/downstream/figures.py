@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 
@@ -10,44 +9,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cellsynth.downstream.interactions import KEYS, significant_counts
+from cellsynth.plotting import figure_to_image, figure_to_png, grid_shape, new_figure
 
 __all__ = ["figure_to_image", "figure_to_png", "plot_interaction_dotplot", "plot_interaction_heatmaps",
            "plot_marker_violins"]
 
 REAL_COLOUR = "#3b75af"
 SYNTHETIC_COLOUR = "#c44e52"
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _grid(n: int, max_columns: int) -> tuple[int, int]:
-    columns = max(1, min(max_columns, n))
-    return math.ceil(max(n, 1) / columns), columns
-
-
-def figure_to_png(fig: Figure, dpi: int = 110) -> bytes:
-    """PNG bytes of a figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
-def figure_to_image(fig: Figure, dpi: int = 110):
-    """The figure as a PIL image (what ``pillow.ImageDataset`` saves as PNG)."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(figure_to_png(fig, dpi=dpi)))
-    image.load()
-    return image
 
 
 def _gene_values(adata: AnnData, gene: str) -> np.ndarray:
@@ -93,9 +65,9 @@ def plot_marker_violins(
     genes = [(t, g) for t, g in markers.items() if g in real.var_names]
     types = sorted(set(real.obs[label_key].astype(str)) | (set(synthetic.obs[label_key].astype(str))
                                                              if synthetic is not None else set()))
-    rows, columns = _grid(len(genes), max_columns)
+    rows, columns = grid_shape(len(genes), max_columns)
     width = max(3.2, 0.45 * len(types) * (1.6 if synthetic is not None else 1.0))
-    fig = _figure(width * columns, 2.7 * rows + 0.5)
+    fig = new_figure(width * columns, 2.7 * rows + 0.5)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     real_labels = real.obs[label_key].astype(str).to_numpy()
     syn_labels = synthetic.obs[label_key].astype(str).to_numpy() if synthetic is not None else None
@@ -142,9 +114,9 @@ def plot_interaction_heatmaps(tables: Mapping[str, pd.DataFrame], *, title: str 
     types = sorted(set().union(*[set(t["source"]) | set(t["target"]) for t in tables.values()])) if tables else []
     counts = {name: significant_counts(table, types) for name, table in tables.items()}
     vmax = max([float(np.nanmax(c.to_numpy())) for c in counts.values() if np.isfinite(c.to_numpy()).any()] or [1.0])
-    rows, columns = _grid(len(counts), max_columns)
+    rows, columns = grid_shape(len(counts), max_columns)
     side = 0.42 * len(types) + 1.6
-    fig = _figure(side * columns + 0.8, side * rows + 0.6)
+    fig = new_figure(side * columns + 0.8, side * rows + 0.6)
     axes = fig.subplots(rows, columns, squeeze=False)
     norm = Normalize(vmin=0, vmax=max(vmax, 1.0))
     image = None
@@ -206,10 +178,10 @@ def plot_interaction_dotplot(tables: Mapping[str, pd.DataFrame], reference: str,
     """
     lr_pairs, celltype_pairs = select_dotplot_rows(tables[reference], n_pairs, n_celltype_pairs)
     names = list(tables)
-    rows, columns = _grid(len(names), max_columns)
+    rows, columns = grid_shape(len(names), max_columns)
     width = 0.32 * max(len(celltype_pairs), 4) + 2.6
     height = 0.26 * max(len(lr_pairs), 4) + 2.2
-    fig = _figure(width * columns + 1.0, height * rows)
+    fig = new_figure(width * columns + 1.0, height * rows)
     axes = fig.subplots(rows, columns, squeeze=False)
     values = [t.set_index(KEYS).reindex([(lig, rec, s, tg) for lig, rec in lr_pairs for s, tg in celltype_pairs])
               for t in tables.values()]

@@ -9,14 +9,11 @@
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cellsynth.evaluation.protocol import (
@@ -29,6 +26,7 @@ from cellsynth.evaluation.protocol import (
 )
 from cellsynth.evaluation.tables import METRIC_LABELS, generator_order
 from cellsynth.metrics import METRIC_TARGETS, ReferenceSpace
+from cellsynth.plotting import figure_to_image, figure_to_png, grid_shape, new_figure
 
 __all__ = ["figure_to_image", "figure_to_png", "plot_metrics_vs_floor", "plot_reference_pca", "plot_training_curves"]
 
@@ -36,33 +34,6 @@ BAR_METRICS = ("wd", "cd", "mmd", "mmd_unbiased", "c2st_auc", "precision", "reca
 _MODEL_COLOUR = "#3b6fb6"
 _BASELINE_COLOUR = "#a0a0a0"
 _FLOOR_COLOUR = "#d62728"
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _grid(n: int, max_columns: int = 4) -> tuple[int, int]:
-    columns = max(1, min(max_columns, n))
-    return math.ceil(max(n, 1) / columns), columns
-
-
-def figure_to_png(fig: Figure, dpi: int = 110) -> bytes:
-    """PNG bytes of a figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
-def figure_to_image(fig: Figure, dpi: int = 110):
-    """The figure as a PIL image (what ``pillow.ImageDataset`` saves as PNG)."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(figure_to_png(fig, dpi=dpi)))
-    image.load()
-    return image
 
 
 def _subsample(z: np.ndarray, max_cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,8 +64,8 @@ def plot_reference_pca(
     z_train = _subsample(project(space, train)[:, :2], max_cells, rng)
     z_test = _subsample(project(space, test)[:, :2], max_cells, rng)
     names = generator_order(synthetic)
-    rows, columns = _grid(len(names))
-    fig = _new_figure(3.6 * columns, 3.3 * rows)
+    rows, columns = grid_shape(len(names))
+    fig = new_figure(3.6 * columns, 3.3 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False)).ravel()
     ratio = getattr(space, "explained_variance_ratio_", np.full(2, np.nan))
     for ax, name in zip(axes, names, strict=False):
@@ -132,8 +103,8 @@ def plot_metrics_vs_floor(metrics: pd.DataFrame, metrics_shown: Sequence[str] = 
     honest = metrics[(metrics["protocol"] == HONEST) & (metrics["cell_type"] == ALL_TYPES)]
     shown = [m for m in metrics_shown if (honest["metric"] == m).any()]
     generators = [g for g in generator_order(honest["generator"]) if g != FLOOR]
-    rows, columns = _grid(len(shown))
-    fig = _new_figure(3.8 * columns, 3.2 * rows)
+    rows, columns = grid_shape(len(shown))
+    fig = new_figure(3.8 * columns, 3.2 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax, metric in zip(axes, shown, strict=False):
         values = honest[honest["metric"] == metric].groupby("generator")["value"]
@@ -173,8 +144,8 @@ def plot_training_curves(histories: Iterable[pd.DataFrame]) -> Figure:
         columns=["generator", "fold", "epoch", "series", "value"])
     history = history[history["series"].isin(["train_loss", "val_loss"])] if len(history) else history
     names = generator_order(history["generator"].astype(str).unique()) if len(history) else []
-    rows, columns = _grid(len(names), max_columns=3)
-    fig = _new_figure(4.2 * columns, 3.0 * rows)
+    rows, columns = grid_shape(len(names), max_columns=3)
+    fig = new_figure(4.2 * columns, 3.0 * rows)
     if not names:
         ax = fig.subplots()
         ax.text(0.5, 0.5, "no generator recorded per-epoch losses", ha="center", va="center")
