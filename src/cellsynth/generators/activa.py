@@ -281,8 +281,13 @@ class ActivaGenerator(Generator):
     losses and the origin of every hyperparameter: see the module docstring of
     :mod:`cellsynth.generators.activa`.
 
-    Default preset on PBMC3K fold 0 (2000 HVGs, ~2100 training cells): see the README's generator
-    table and the report of issue 9 for measured fit time and metrics.
+    Default preset on PBMC3K fold 0 (2000 HVGs, 2110 training cells; shared 2-core machine): 17
+    epochs in 558 s (best validation epoch 11; validation negative ELBO 2554 -> 2322 per cell), the
+    classifier 0.89 accurate on validation cells, 0.94 of cells sampled for the validation cells'
+    types classified as the requested type. Honest protocol: WD x3.3 the floor, C2ST AUC 0.97,
+    k-NN precision 0.84 but recall 0.02 (samples sit near the decoder's type means: realistic but
+    far from covering the data), memorisation 0.92. Known limit: the decoder outputs a conditional
+    mean, so sampled cells lack the cell-to-cell noise of real ones.
 
     Parameters
     ----------
