@@ -12,6 +12,8 @@ from cellsynth.generators import GENERATORS, Generator, GeneratorError
 TINY: dict[str, dict] = {
     "moe": {"n_blocks": 1, "n_tokens": 4, "d_model": 8, "n_heads": 2, "gate_hidden": 8, "coupling_hidden": 8,
             "maf_hidden": 16, "mask_hidden": 8, "epochs": 1, "batch_size": 32, "patience": None},
+    "activa": {"latent_dim": 4, "hidden": (16,), "classifier_hidden": (8,), "epochs": 2, "warmup_epochs": 1,
+               "batch_size": 32, "patience": None},
     "maf": {"n_layers": 2, "hidden_features": 16, "epochs": 1, "batch_size": 32, "patience": None},
     "ctgan": {"epochs": 1, "batch_size": 20, "embedding_dim": 8, "generator_dim": (16,), "discriminator_dim": (16,)},
     "tvae": {"epochs": 10, "batch_size": 40, "embedding_dim": 8, "compress_dims": (32,), "decompress_dims": (32,)},

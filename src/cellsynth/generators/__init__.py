@@ -4,6 +4,7 @@
 :class:`~cellsynth.generators.base.Generator` (``fit``, ``sample``, ``save``, ``load``).
 """
 
+from cellsynth.generators.activa import ActivaGenerator
 from cellsynth.generators.base import Generator, GeneratorError, TrainingHistory
 from cellsynth.generators.baselines import (
     ClassGaussianPCAGenerator,
@@ -18,6 +19,7 @@ from cellsynth.generators.smote import SMOTEGenerator
 GENERATORS: dict[str, type[Generator]] = {}
 GENERATORS["maf"] = MAFGenerator
 GENERATORS["moe"] = MOEGenerator
+GENERATORS["activa"] = ActivaGenerator
 GENERATORS["ctgan"] = CTGANGenerator
 GENERATORS["tvae"] = TVAEGenerator
 GENERATORS["gaussian_copula"] = GaussianCopulaGenerator
