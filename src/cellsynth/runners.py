@@ -252,12 +252,14 @@ class DaskRunner(AbstractRunner):
         task arrives, one worker after the other. Fire and forget: a failure here surfaces in the
         first real task, with the node's name.
         """
+        from distributed import fire_and_forget
+
         modules = sorted({getattr(n.func, "__module__", None) or "" for n in pipeline.nodes} - {""})
         for address in client.scheduler_info().get("workers", {}):
-            client.submit(
+            fire_and_forget(client.submit(
                 _warm_up_worker, spec, modules, key=f"cellsynth-warm-up-{uuid.uuid4().hex[:8]}", pure=False,
                 workers=[address], allow_other_workers=False,
-            )
+            ))
 
     @staticmethod
     def _result(future: Any, group: _Group) -> TaskRecord:
