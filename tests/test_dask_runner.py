@@ -282,3 +282,25 @@ def test_nodes_joined_in_memory_share_a_task_and_cycles_are_merged(tmp_path):
     chain = Pipeline([node(identity, "raw", "side", name="first"), node(identity, "side", "out", name="second")])
     first, second = co_located_groups(chain, catalog)
     assert [n.name for n in first.nodes] == ["first"] and second.depends_on == {0}
+
+
+def test_a_worker_without_the_project_folder_says_it_must_be_shared(tmp_path):
+    from cellsynth.runners import _bootstrap, _WorkerSpec
+
+    with pytest.raises(FileNotFoundError, match="must be on a path shared by the driver and every worker"):
+        _bootstrap(_WorkerSpec(None, None, str(tmp_path / "not-mounted-here"), {}))
+
+
+def test_attached_run_context_overrides_the_environment_in_this_thread_only(monkeypatch):
+    from cellsynth import tracking
+
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, "stale-parent")
+    monkeypatch.setenv(tracking.TRACKING_URI_ENV, "sqlite:///nowhere.db")
+    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "1")
+    context = {tracking.PARENT_RUN_ENV: "parent-of-the-driver", tracking.TRACKING_URI_ENV: "http://127.0.0.1:1",
+               tracking.EXPERIMENT_ENV: "7"}
+    with tracking.attached_run(context):
+        assert tracking.run_context() == context and tracking.parent_run_id() == "parent-of-the-driver"
+    assert tracking.parent_run_id() == "stale-parent"
+    with tracking.attached_run({}), tracking.child_run("no tracking in the driver") as run:  # stale env ignored
+        assert run.run_id is None
