@@ -338,11 +338,15 @@ class DaskRunner(AbstractRunner):
                 memory_limit=self._memory_limit,
                 dashboard_address=self._dashboard_address or "127.0.0.1:0",
             )
-            client = Client(cluster)
-        self._logger.info(
-            "Dask scheduler %s with %d workers", client.scheduler.address, len(client.scheduler_info()["workers"])
-        )
+            try:
+                client = Client(cluster)
+            except BaseException:
+                cluster.close()
+                raise
         try:
+            self._logger.info(
+                "Dask scheduler %s with %d workers", client.scheduler.address, len(client.scheduler_info()["workers"])
+            )
             yield client
         finally:
             client.close()
