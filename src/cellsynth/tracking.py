@@ -1,14 +1,18 @@
 """MLflow helpers: the parent run of a ``kedro run`` and child runs per generator × fold.
 
 Child runs are created with :class:`mlflow.MlflowClient` from the parent's id and the tracking
-URI, both passed through environment variables, so a node can log its child run from any process
-(a Dask worker included) as long as it reaches the same tracking store or server. When tracking is
-disabled, :func:`child_run` yields a recorder that does nothing, and nodes run unchanged.
+URI, both published through environment variables of the driver process, so a node can log its
+child run from any process as long as it reaches the same tracking store or server. Another process
+(a Dask worker) gets them from :func:`run_context` in the driver and :func:`attached_run` around the
+node: that overrides the environment for the current thread only, so a worker running tasks of two
+runs at once files each child under its own parent. When tracking is disabled, :func:`child_run`
+yields a recorder that does nothing, and nodes run unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -23,6 +27,41 @@ TRACKING_URI_ENV = "CELLSYNTH_MLFLOW_TRACKING_URI"
 EXPERIMENT_ENV = "CELLSYNTH_MLFLOW_EXPERIMENT_ID"
 MAX_PARAM_LENGTH = 6000
 _UNSAFE_NAME = re.compile(r"[^\w\-. /]")
+_CONTEXT_NAMES = (PARENT_RUN_ENV, TRACKING_URI_ENV, EXPERIMENT_ENV)
+_attached: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("cellsynth_mlflow_run", default=None)
+
+
+def _setting(name: str) -> str | None:
+    """``name`` from the run attached to this thread (:func:`attached_run`), else the environment."""
+    attached = _attached.get()
+    if attached is not None:
+        return attached.get(name)
+    return os.environ.get(name)
+
+
+def run_context() -> dict[str, str]:
+    """The MLflow parent run of the current ``kedro run`` as plain strings, to hand to another process.
+
+    Empty when no parent run is open (tracking disabled): attached elsewhere, it then disables
+    child runs there too, whatever that process's environment says.
+    """
+    return {name: value for name in _CONTEXT_NAMES if (value := _setting(name))}
+
+
+@contextlib.contextmanager
+def attached_run(context: Mapping[str, str]) -> Iterator[None]:
+    """Log child runs of this thread under the parent run described by ``context``.
+
+    Parameters
+    ----------
+    context
+        What :func:`run_context` returned in the driver process.
+    """
+    token = _attached.set({name: str(context[name]) for name in _CONTEXT_NAMES if context.get(name)})
+    try:
+        yield
+    finally:
+        _attached.reset(token)
 
 
 def resolve_tracking_uri(configured: str | None, project_path: Path | None) -> str:
@@ -87,7 +126,7 @@ def end_parent_run(status: str = "FINISHED") -> None:
 
 
 def parent_run_id() -> str | None:
-    return os.environ.get(PARENT_RUN_ENV)
+    return _setting(PARENT_RUN_ENV)
 
 
 class RunRecorder:
@@ -138,9 +177,9 @@ def child_run(name: str, tags: Mapping[str, str] | None = None) -> Iterator[RunR
 
     The run ends ``FINISHED``, or ``FAILED`` if the body raises.
     """
-    parent = os.environ.get(PARENT_RUN_ENV)
-    uri = os.environ.get(TRACKING_URI_ENV)
-    experiment_id = os.environ.get(EXPERIMENT_ENV)
+    parent = _setting(PARENT_RUN_ENV)
+    uri = _setting(TRACKING_URI_ENV)
+    experiment_id = _setting(EXPERIMENT_ENV)
     if not (parent and uri and experiment_id):
         yield RunRecorder()
         return
@@ -161,8 +200,8 @@ def child_run(name: str, tags: Mapping[str, str] | None = None) -> Iterator[RunR
 
 def parent_recorder() -> RunRecorder:
     """A recorder into the parent run itself (for tables, figures, the report)."""
-    parent = os.environ.get(PARENT_RUN_ENV)
-    uri = os.environ.get(TRACKING_URI_ENV)
+    parent = _setting(PARENT_RUN_ENV)
+    uri = _setting(TRACKING_URI_ENV)
     if not (parent and uri):
         return RunRecorder()
     return RunRecorder(_client(uri), parent)
