@@ -50,7 +50,7 @@ def test_registered():
 @pytest.mark.parametrize(
     ("preprocessing", "min_drop"),
     [
-        ({}, 0.5),  # whitened and type-centred: starts near a per-type Gaussian, still improves
+        ({}, 0.1),  # whitened within type and type-centred: starts as a per-type Gaussian, still improves
         ({"whiten": "none", "center_by_type": False}, 4.0),  # raw z-scores: starts near N(0, I)
     ],
 )
@@ -63,7 +63,7 @@ def test_default_backend_learns(tiny_adata_factory, preprocessing, min_drop):
     assert len(history.val_loss) == 6  # a validation slice of the training cells is scored
     assert history.train_loss[-1] < history.train_loss[0] - min_drop
     assert history.val_loss[-1] < history.val_loss[0] - min_drop
-    assert history.best_epoch == 5
+    assert history.best_epoch >= 4  # still improving (by more than the 1e-4 tolerance) late in training
     # NLL per cell of 12 z-scored genes; a standard normal scores ~17 on the first epoch.
     assert history.val_loss[-1] < 10.5
 
@@ -212,3 +212,21 @@ def test_passes_larger_than_genes(tiny_adata_factory):
     adata = tiny_adata_factory(n_cells=30, n_genes=4, n_types=2, seed=0)
     with pytest.raises(GeneratorError, match="passes=5 exceeds"):
         MAFGenerator(label_key="cell_type", passes=5).fit(adata, progress=False)
+
+
+def test_snap_zeros_leaves_no_value_in_the_gap_below_each_genes_smallest_count(tiny_adata_factory):
+    adata = tiny_adata_factory(n_cells=300, n_genes=12, n_types=3, seed=5)
+    X = np.asarray(adata.X)
+    smallest = np.where(X > 0, X, np.inf).min(axis=0)
+    assert (X == 0).mean() > 0.05  # the toy data has a zero atom
+    in_gap = {}
+    for snap in (True, False):
+        model = MAFGenerator(label_key="cell_type", **SMALL, epochs=2, patience=None, snap_zeros=snap)
+        model.fit(adata, seed=0, progress=False)
+        cells = np.asarray(model.sample(400, seed=1).X)
+        in_gap[snap] = int(((cells > 0) & (cells < smallest)).sum())
+        if snap:
+            restored = np.asarray(model.sample(400, seed=1).X)
+            np.testing.assert_array_equal(cells, restored)
+    assert in_gap[True] == 0
+    assert in_gap[False] > 0  # without snapping the flow's smoothed mass lands in the gap

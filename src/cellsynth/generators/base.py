@@ -77,6 +77,21 @@ def dense_float32(matrix: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
 
 
+def smallest_nonzero(X: np.ndarray) -> np.ndarray:
+    """Each gene's smallest positive value in ``X`` (``inf`` for a gene that is never positive).
+
+    Log-normalised counts have no value between 0 and a gene's smallest non-zero value (one count):
+    a continuous model's mass in that gap belongs to the gene's zero atom (see :func:`snap_to_zero`).
+    """
+    return np.where(X > 0, X, np.inf).min(axis=0).astype(np.float32)
+
+
+def snap_to_zero(X: np.ndarray, smallest: np.ndarray) -> np.ndarray:
+    """Set every value of ``X`` below its gene's ``smallest`` non-zero training value to 0 (in place)."""
+    X[smallest > X] = 0.0
+    return X
+
+
 class Standardizer:
     """Per-gene z-scoring (the paper's StandardScaler) that also inverts.
 

@@ -18,6 +18,8 @@ from cellsynth.generators.base import (
     GeneratorError,
     Standardizer,
     TrainingHistory,
+    smallest_nonzero,
+    snap_to_zero,
 )
 
 #: Cells per network batch when sampling. Fixed (not a hyperparameter) because the global-RNG draws
@@ -77,7 +79,9 @@ class MAFParams:
     standardize: bool = True
     #: Fixed linear map applied after z-scoring. ``"pca"``: rotate onto the top
     #: ``pca_components`` principal axes of the training cells, completed by a random orthonormal
-    #: basis of their complement, and scale every rotated coordinate to unit variance. ``"none"``:
+    #: basis of their complement, and scale every rotated coordinate to unit variance (with
+    #: ``center_by_type``, axes and scales of the within-type spread, so the untrained flow is one
+    #: Gaussian per type with their pooled covariance). ``"none"``:
     #: the flow sees the z-scored genes (the paper). Either way the likelihood stays exact (the
     #: map's log-determinant is accounted for).
     whiten: Literal["none", "pca"] = "pca"
@@ -87,6 +91,11 @@ class MAFParams:
     #: flow and add it back to samples (an exact, type-dependent shift). No effect when
     #: ``conditional=False``.
     center_by_type: bool = True
+    #: Non-negative input: set sampled values below a gene's smallest non-zero training value to 0.
+    #: Log-normalised counts have no value in that gap, so the flow's (Gaussian-smoothed) mass there
+    #: is the gene's zero atom; without this, the noise of every mostly-zero gene survives the
+    #: clipping at 0 as a positive bias (on PBMC3K: WD ×5.5 the floor). ``False``: the paper.
+    snap_zeros: bool = True
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
@@ -150,7 +159,7 @@ class MAFGenerator(Generator):
     -------
     paper (``backend="nflows", conditional=False, n_layers=1, hidden_features=1024,
     hidden_layers=2, learning_rate=1e-6, epochs=100, batch_size=128, noise_std=0,
-    grad_clip=None, validation_fraction=0, patience=None, whiten="none"``)
+    grad_clip=None, validation_fraction=0, patience=None, whiten="none", snap_zeros=False``)
         Exactly the paper's code: ``nflows.flows.Flow(CompositeTransform(
         [MaskedAffineAutoregressiveTransform(features=D, hidden_features=1024)]),
         StandardNormal([D]))`` on the z-scored genes, one transform, no permutation, Adam at lr
@@ -159,8 +168,8 @@ class MAFGenerator(Generator):
         Sampling inverts the transform one gene at a time (D passes of the 1024-wide network):
         slow. Use it to reproduce the paper, not as a good generator.
     default (zuko; the linear map and the training noise are cellsynth's additions)
-        z-scored genes rotated onto their top 50 principal axes (plus a random orthonormal
-        complement) and whitened, minus the type's mean; ``zuko.flows.MAF`` with 3 transforms
+        z-scored genes rotated onto the top 50 principal axes of their within-type spread (plus a
+        random orthonormal complement) and whitened, minus the type's mean; ``zuko.flows.MAF`` with 3 transforms
         in random feature orders, ``passes=2`` (each transform splits the features into two
         blocks and conditions the second on the first, so sampling costs two network evaluations
         per transform instead of D), masked MLPs ``2 × 128``, conditioned on a one-hot of the cell
@@ -170,9 +179,13 @@ class MAFGenerator(Generator):
         minutes on 2 CPU cores and 1000 cells sample in about a second. With ``whiten="none"`` the
         same flow works on the z-scored genes directly; there, with about as many genes as cells,
         it starts overfitting (validation NLL rising) before it has learnt any gene-gene
-        structure, and its samples stay close to a standard normal in z-space. Known limit of
-        both: the residual around the principal axes is continuous, so genes that are zero in most
-        cells get small positive values after clipping instead of exact zeros.
+        structure, and its samples stay close to a standard normal in z-space. The model is
+        continuous, so a mostly-zero gene's sampled values spread around 0; ``snap_zeros`` (default)
+        maps those below the gene's smallest non-zero training value to exact zeros, without which
+        the clipping at 0 leaves every such gene a positive bias. PBMC3K fold 0, honest protocol
+        (cellsynth's run, 2026-12-02): WD ×5.58 the floor, C2ST AUC 0.996 before within-type
+        whitening and zero snapping; ×3.21 and 0.971 with them (k-NN precision 0.99, recall 0.15,
+        memorisation 0.87): better, still far from real data.
 
     Parameters
     ----------
@@ -243,6 +256,7 @@ class MAFGenerator(Generator):
             pca_components=p.pca_components if p.whiten == "pca" else None,
             seed=seed,
         )
+        self._zero_below = smallest_nonzero(X)
         W = self._prep.transform(X, labels)
         context = one_hot(labels, len(self.cell_types_)).numpy() if self.conditional else None
         self._flow = self._build(X.shape[1], seed)
@@ -290,7 +304,10 @@ class MAFGenerator(Generator):
                 c = one_hot(codes, len(self.cell_types_)).to(device) if self.conditional else None
                 chunks.append(self._draw(len(codes), c).cpu())
         W = torch.cat(chunks).numpy().astype(np.float32)
-        return self._prep.inverse_transform(W, labels)
+        X = self._prep.inverse_transform(W, labels)
+        if self.params.snap_zeros and self.nonnegative_:
+            snap_to_zero(X, self._zero_below)
+        return X
 
     def _draw(self, n: int, c: torch.Tensor | None) -> torch.Tensor:
         """``n`` points of the flow's input space from the global RNG (seeded by the caller)."""
@@ -305,11 +322,13 @@ class MAFGenerator(Generator):
     def _save_state(self, directory: Path) -> None:
         state = {k: v.detach().cpu() for k, v in self._flow.state_dict().items()}
         torch.save(state, directory / _STATE_FILE)
-        np.savez(directory / _PREP_FILE, **self._prep.state())
+        np.savez(directory / _PREP_FILE, **self._prep.state(), zero_below=self._zero_below)
 
     def _load_state(self, directory: Path) -> None:
-        with np.load(directory / _PREP_FILE) as arrays:
-            self._prep = _LinearMap.from_state(dict(arrays))
+        with np.load(directory / _PREP_FILE) as stored:
+            arrays = dict(stored)
+        self._zero_below = arrays.pop("zero_below")
+        self._prep = _LinearMap.from_state(arrays)
         self._flow = self._build(len(self.var_names_), seed=0)
         state = torch.load(directory / _STATE_FILE, map_location=self._device(), weights_only=True)
         # Orders and masks are buffers, so the saved ones replace those of the fresh build.
@@ -365,21 +384,22 @@ class _LinearMap:
     ) -> _LinearMap:
         scaler = Standardizer().fit(X) if standardize else None
         Z = scaler.transform(X) if scaler is not None else X
-        rotation = rotation_scale = type_means = None
+        rotation = rotation_scale = None
         if pca_components is not None:
-            rotation = _pca_basis(Z, pca_components, seed)
-            R = (Z - Z.mean(axis=0)) @ rotation
+            # With type centring, whiten the *within-type* spread: the flow then starts from one
+            # Gaussian per type with the pooled within-type covariance of the leading axes. Axes
+            # and scales of the total spread (between-type variance included) would start every
+            # type's cells several times too wide, and the likelihood of the ~D complement
+            # coordinates dominates training too much for the flow to shrink them back.
+            residual = Z - _group_means(Z, labels, n_types)[labels] if labels is not None else Z - Z.mean(axis=0)
+            rotation = _pca_basis(residual, pca_components, seed)
+            R = residual @ rotation
             std = R.std(axis=0, dtype=np.float64)
             # Directions without training variance (fewer cells than genes) keep a small scale.
             rotation_scale = np.maximum(std, 1e-2 * max(float(std.max()), 1e-8)).astype(np.float32)
         prep = cls(scaler, rotation, rotation_scale, None)
         if labels is not None:
-            W = prep.transform(X, None)
-            sums = np.zeros((n_types, W.shape[1]), dtype=np.float64)
-            np.add.at(sums, labels, W)
-            counts = np.bincount(labels, minlength=n_types)[:, None]
-            type_means = (sums / np.maximum(counts, 1)).astype(np.float32)
-            prep.type_means = type_means
+            prep.type_means = _group_means(prep.transform(X, None), labels, n_types)
         return prep
 
     def transform(self, X: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -412,6 +432,14 @@ class _LinearMap:
     def from_state(cls, arrays: dict[str, np.ndarray]) -> _LinearMap:
         scaler = Standardizer(mean=arrays["mean"], scale=arrays["scale"]) if "mean" in arrays else None
         return cls(scaler, arrays.get("rotation"), arrays.get("rotation_scale"), arrays.get("type_means"))
+
+
+def _group_means(X: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray:
+    """``n_groups × D`` float32 means of the rows of ``X`` per label (0 for an empty group)."""
+    sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, X)
+    counts = np.bincount(labels, minlength=n_groups)[:, None]
+    return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
 def _pca_basis(Z: np.ndarray, n_components: int, seed: int) -> np.ndarray:

@@ -144,7 +144,15 @@ from cellsynth.generators._torch import (
     train_likelihood_model,
     validation_split,
 )
-from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, Standardizer, TrainingHistory
+from cellsynth.generators.base import (
+    EpochCallback,
+    Generator,
+    GeneratorError,
+    Standardizer,
+    TrainingHistory,
+    smallest_nonzero,
+    snap_to_zero,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Flow building blocks. Every step maps forward(x, context) -> (z, logdet) and inverse(z, context) -> x.
@@ -814,8 +822,7 @@ class MOEGenerator(Generator):
         self._standardizer = Standardizer().fit(X)
         Z = self._standardizer.transform(X)
         self._bounds = (Z.min(axis=0) - 1.0, Z.max(axis=0) + 1.0)
-        # smallest non-zero value per gene (inf for an all-zero gene): the support's gap (0, min)
-        self._zero_below = np.where(X > 0, X, np.inf).min(axis=0).astype(np.float32)
+        self._zero_below = smallest_nonzero(X)  # the support's gap (0, min) per gene
         torch.manual_seed(seed)
         flow = self._build(X.shape[1])
         self._flow = flow
@@ -875,7 +882,7 @@ class MOEGenerator(Generator):
         if self.params.snap_zeros and self.nonnegative_:
             # the training data has no value in (0, smallest non-zero value of the gene): mass the
             # (noise-smoothed) flow puts there is the zero atom
-            X[self._zero_below > X] = 0.0
+            snap_to_zero(X, self._zero_below)
         return X
 
     def _save_state(self, directory: Path) -> None:
