@@ -131,6 +131,29 @@ def test_correct_batch_effects_keeps_the_uncorrected_values_and_allows_negatives
         integ.correct_batch_effects(confounded, "linear")
 
 
+def test_protected_combat_writes_the_label_into_the_values_and_linear_does_not(caplog):
+    """Two cells of one batch with identical expression must stay identical whatever their labels."""
+    rng = np.random.default_rng(3)
+    n, genes = 200, 6
+    batch = np.repeat(["a", "b"], n // 2)
+    cell_type = np.tile(["t0", "t1"], n // 2)
+    X = np.where(rng.random((n, genes)) < 0.6, 0.0, rng.gamma(2.0, 0.5, (n, genes)))
+    X[batch == "b"] = X[batch == "b"] * 1.8 + 0.4 * (X[batch == "b"] > 0)  # batch b: larger, shifted
+    adata = AnnData(X=X.astype(np.float32),
+                    obs=pd.DataFrame({"batch": batch, "cell_type": cell_type}, index=[f"c{i}" for i in range(n)]))
+    zeros = (X[:, 0] == 0) & (batch == "a")
+    spread = {}
+    for method in ("linear", "combat"):
+        with caplog.at_level(logging.WARNING, logger="cellsynth.data.integration"):
+            out = np.asarray(integ.correct_batch_effects(adata, method, protect_cell_type=True).X)
+        values = {t: np.unique(np.round(out[zeros & (cell_type == t), 0], 5)) for t in ("t0", "t1")}
+        assert all(len(v) == 1 for v in values.values()), method  # one value per (batch, type) for a zero
+        spread[method] = abs(float(values["t0"][0] - values["t1"][0]))
+    assert spread["linear"] < 1e-5  # a per-batch shift: the zeros of batch a stay equal
+    assert spread["combat"] > 1e-3  # rescaled around each type's mean: the zeros now encode the type
+    assert "writes each cell's label into its values" in caplog.text
+
+
 # ----------------------------------------------------------------------------- scores
 def test_batch_silhouette_high_when_mixed_low_when_separated():
     rng = np.random.default_rng(0)
