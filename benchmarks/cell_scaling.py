@@ -8,7 +8,7 @@ script counts identical cells and reports them) and every cell keeps its type la
 sizes shrink by ``1 - p`` on average, which the library-size normalisation removes.
 
 For each size a fresh subprocess builds a throw-away Kedro project under ``--workdir`` (this
-project's ``pyproject.toml`` and ``conf/``, an empty ``data/`` tree, the resampled file as the raw
+project's ``pyproject.toml``, ``conf/`` and a copy of ``src/``, an empty ``data/`` tree, the resampled file as the raw
 input), runs ``generation`` then ``evaluation`` in one Kedro session each, and records, per node,
 the wall seconds and the process's peak RSS while the node ran (a sampling thread), and the node's
 peak RSS above the RSS at its start in units of one dense float32 copy of the cells × 2000-HVG
@@ -155,6 +155,8 @@ def main() -> None:
         for sub in DATA_DIRS:
             (project / "data" / sub).mkdir(parents=True)
         shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+        # this checkout's code (a copy: Kedro requires the source folder inside the project)
+        shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         shutil.copytree(ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
         (project / "conf" / "local").mkdir()
         cells = raw if n_cells == raw.n_obs else resample(raw, n_cells, args.thin, args.seed)
