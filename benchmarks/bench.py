@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--paper-epochs", type=int, default=2, help="epoch cap of the paper presets' fits")
     parser.add_argument("--refit", action="store_true", help="fit the default presets here instead of reusing make run's models")
     parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "benchmark.csv"))
+    parser.add_argument("--append", action="store_true",
+                        help="merge into an existing CSV (rows of the generators run now are replaced)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -263,6 +265,12 @@ def main() -> None:
     table = pd.DataFrame(rows).reindex(columns=columns)
     table.insert(len(columns) - 1, "cores", cores)
     path = Path(args.csv)
+    if args.append and path.exists():  # keep the earlier rows of other generators
+        earlier = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        earlier["preset"] = earlier["preset"].fillna("")
+        key = set(zip(table["generator"], table["preset"].fillna(""), strict=True))
+        keep = [(g, p) not in key for g, p in zip(earlier["generator"], earlier["preset"], strict=True)]
+        table = pd.concat([earlier[keep], table], ignore_index=True).reindex(columns=table.columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 60):

@@ -117,7 +117,10 @@ Presets
 (2000 HVGs, 2110 training cells): validation NLL 2718 -> 2624 nats per cell, best epoch 29 of 38, fraction
 of zeros 0.905 (real 0.903), PCA-50 WD 0.43 against the held-out cells. Measured on a shared 2-core
 machine at load ~10 with one torch thread: 406 s to fit, ~2 s to sample 1000 cells; an idle machine
-is several times faster (``benchmarks/moe_pbmc3k.py``, ``benchmarks/moe_scaling.py``). ``PRESETS["paper"]`` is the
+is several times faster (``benchmarks/moe_pbmc3k.py``, ``benchmarks/moe_scaling.py``). Sampling
+now uses a fused attention kernel and a one-block-per-pass MADE inverse (same cells up to float
+rounding): about 0.7-0.8 CPU seconds per 1000 cells on one thread at 2000 genes, was ~1.2-1.3
+(``benchmarks/bench.py`` reports it as ``cpu_cells_per_s_1thread``). ``PRESETS["paper"]`` is the
 paper's code as documented in ``shared/reference/REFERENCE.md``: one block, ActNorm disabled, the
 input mask ``D -> 1024 -> D``, 4 experts of one-token attention with 20 heads, gate and scale/shift
 MLPs with 1024 hidden units, nflows MAF with 1024 hidden units, Adam lr 1e-6, 100 epochs, batch 128,
