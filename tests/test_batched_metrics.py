@@ -147,3 +147,21 @@ def test_reference_space_never_writes_to_a_float64_input():
     ReferenceSpace(n_components=3).fit(X).transform(X, chunk=7)
     np.testing.assert_array_equal(X, before)
     assert space.TRANSFORM_CHUNK >= 1
+
+
+def test_peak_memory_stays_at_the_block_budget(monkeypatch):
+    """No per-block result keeps its block alive: peak allocation ≪ an n × n matrix (32 MB here)."""
+    import tracemalloc
+
+    monkeypatch.setattr(paper, "_BLOCK_ENTRIES", 20_000)
+    monkeypatch.setattr(beyond, "_BLOCK_ENTRIES", 20_000)
+    rng = np.random.default_rng(5)
+    a, b, train = rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3))
+    budget = 20_000 * 8
+    for fn in (lambda: mmd_unbiased(a, b), lambda: knn_precision_recall(a, b, k=5),
+               lambda: memorization_score(b, train, a)):
+        tracemalloc.start()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 12 * budget, f"peak {peak / 2**20:.1f} MiB vs n x n = {2000**2 * 8 / 2**20:.0f} MiB"
