@@ -216,7 +216,7 @@ def _plot(table, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generators", nargs="+", default=DEFAULT_GENERATORS,
+    parser.add_argument("--generators", nargs="*", default=DEFAULT_GENERATORS,
                         help="names, or name:preset (default preset: default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sample-cells", type=int, default=1000)
@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "benchmark.csv"))
     parser.add_argument("--append", action="store_true",
                         help="merge into an existing CSV (rows of the generators run now are replaced)")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="also take the rows of these earlier benchmark CSVs (rows run now win)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -265,12 +267,13 @@ def main() -> None:
     table = pd.DataFrame(rows).reindex(columns=columns)
     table.insert(len(columns) - 1, "cores", cores)
     path = Path(args.csv)
-    if args.append and path.exists():  # keep the earlier rows of other generators
-        earlier = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    others = ([path] if args.append and path.exists() else []) + [Path(m) for m in args.merge]
+    for other in others:  # keep the rows of other generators from earlier runs
+        earlier = pd.read_csv(other, keep_default_na=False, na_values=[""])
         earlier["preset"] = earlier["preset"].fillna("")
         key = set(zip(table["generator"], table["preset"].fillna(""), strict=True))
         keep = [(g, p) not in key for g, p in zip(earlier["generator"], earlier["preset"], strict=True)]
-        table = pd.concat([earlier[keep], table], ignore_index=True).reindex(columns=table.columns)
+        table = pd.concat([table, earlier[keep]], ignore_index=True).reindex(columns=table.columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path, index=False)
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 60):
