@@ -45,8 +45,10 @@ viz-build: $(STAMP)
 mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+## make bench: speed, memory and honest quality of every generator on PBMC3K fold 0 (after make run)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/moe_scaling.py
+	@test -f data/05_model_input/fold_0/train.h5ad || $(BIN)/kedro run --pipelines generation
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf data/02_intermediate/* data/03_primary/* data/04_feature/* data/05_model_input/* \

@@ -117,7 +117,10 @@ Presets
 (2000 HVGs, 2110 training cells): validation NLL 2718 -> 2624 nats per cell, best epoch 29 of 38, fraction
 of zeros 0.905 (real 0.903), PCA-50 WD 0.43 against the held-out cells. Measured on a shared 2-core
 machine at load ~10 with one torch thread: 406 s to fit, ~2 s to sample 1000 cells; an idle machine
-is several times faster (``benchmarks/moe_pbmc3k.py``, ``benchmarks/moe_scaling.py``). ``PRESETS["paper"]`` is the
+is several times faster (``benchmarks/moe_pbmc3k.py``, ``benchmarks/moe_scaling.py``). Sampling
+now uses a fused attention kernel and a one-block-per-pass MADE inverse (same cells up to float
+rounding): about 0.7-0.8 CPU seconds per 1000 cells on one thread at 2000 genes, was ~1.2-1.3
+(``benchmarks/bench.py`` reports it as ``cpu_cells_per_s_1thread``). ``PRESETS["paper"]`` is the
 paper's code as documented in ``shared/reference/REFERENCE.md``: one block, ActNorm disabled, the
 input mask ``D -> 1024 -> D``, 4 experts of one-token attention with 20 heads, gate and scale/shift
 MLPs with 1024 hidden units, nflows MAF with 1024 hidden units, Adam lr 1e-6, 100 epochs, batch 128,
@@ -153,6 +156,11 @@ from cellsynth.generators.base import (
     smallest_nonzero,
     snap_to_zero,
 )
+
+#: Cells inverted per chunk when sampling (speed only: the base draws are made for all cells first).
+#: The fused attention keeps memory per chunk small (~100 MB at 2000 genes); larger chunks amortise
+#: the per-pass overhead, which matters most for the D-pass nflows MAF of the ``paper`` preset.
+SAMPLE_CHUNK = 1024
 
 # ---------------------------------------------------------------------------------------------------
 # Flow building blocks. Every step maps forward(x, context) -> (z, logdet) and inverse(z, context) -> x.
@@ -273,9 +281,23 @@ class MultiExpertAttention(nn.Module):
         att = self._attend(tokens).transpose(2, 3).reshape(batch, self.n_experts, n_tok, d)
         return torch.einsum("betd,edf->betf", att, self.out_weight) + self.out_bias[:, None, :]
 
-    def forward(self, tokens: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def _attend_fused(self, tokens: torch.Tensor) -> torch.Tensor:
+        """:meth:`_attend` with the scaling folded into the queries and the softmax fused
+        (``scaled_dot_product_attention``): the ``(batch, E, heads, T, T)`` scores are never
+        materialised. The same function up to float rounding; used when sampling (inversion)."""
         batch, n_tok, d = tokens.shape
-        att = self._attend(tokens) * gate[:, :, None, None, None]  # gate before the (linear) output map
+        qkv = torch.einsum("btd,edf->betf", tokens, self.in_weight) + self.in_bias[:, None, :]
+        qkv = qkv.view(batch, self.n_experts, n_tok, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        shape = (batch * self.n_experts, self.n_heads, n_tok, d // self.n_heads)
+        att = nn.functional.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape))
+        return att.view(batch, self.n_experts, self.n_heads, n_tok, d // self.n_heads)
+
+    def forward(self, tokens: torch.Tensor, gate: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """``fused=True``: the attention of :meth:`_attend_fused` (inference; training keeps the
+        explicit softmax, so trained weights do not depend on it)."""
+        batch, n_tok, d = tokens.shape
+        att = (self._attend_fused(tokens) if fused else self._attend(tokens)) * gate[:, :, None, None, None]
         att = att.permute(0, 3, 1, 2, 4).reshape(batch, n_tok, self.n_experts * d)
         return att @ self.out_weight.reshape(self.n_experts * d, d) + (gate @ self.out_bias)[:, None, :]
 
@@ -373,7 +395,9 @@ class MoEAttentionCoupling(nn.Module):
         self.gate = nn.Sequential(nn.Linear(gate_in, gate_hidden), nn.ReLU(), nn.Linear(gate_hidden, n_experts))
 
     # -- conditioner: x_a (and context) -> s, t for x_b
-    def _scale_shift(self, x_a: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scale_shift(
+        self, x_a: torch.Tensor, context: torch.Tensor | None, fused: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x_a.shape[0]
         if self.mask is not None:
             x_a, m = self.mask(x_a)
@@ -400,7 +424,7 @@ class MoEAttentionCoupling(nn.Module):
         if self.context_proj is not None:
             tok = tok + self.context_proj(context).unsqueeze(1)
         g = torch.softmax(self.gate(gate_in), dim=-1)  # eq 14
-        h = tok + self.experts(self.norm(tok), g)  # eqs 13, 15 (+ residual)
+        h = tok + self.experts(self.norm(tok), g, fused=fused)  # eqs 13, 15 (+ residual)
         out = torch.einsum("bth,tho->bto", self.head_hidden(h), self.head_weight) + self.head_bias
         out = out.view(batch, self.n_tok, self.group_b, 2).reshape(batch, -1, 2)[:, : len(self.trans_index)]
         return torch.tanh(out[..., 0]), out[..., 1]  # eqs 16, 17
@@ -412,7 +436,8 @@ class MoEAttentionCoupling(nn.Module):
         return z, s.sum(dim=1)  # eq 19
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        s, t = self._scale_shift(z[:, self.cond_index], context)
+        # without autograd (sampling) the fused attention kernel; with it, the training path
+        s, t = self._scale_shift(z[:, self.cond_index], context, fused=not torch.is_grad_enabled())
         x = z.clone()
         x[:, self.trans_index] = (z[:, self.trans_index] - t) * torch.exp(-s)
         return x
@@ -486,6 +511,53 @@ class BlockMADE(nn.Module):
         return x * torch.exp(log_s) + shift, log_s.sum(dim=1)
 
     def inverse(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Invert block by block: pass k computes only block k, from blocks < k.
+
+        Equal (up to float rounding) to ``passes`` evaluations of the full network
+        (:meth:`inverse_reference`), but each pass adds only the new block's inputs to the first
+        hidden layer and computes only the new block's outputs, so the whole inversion costs about
+        one network evaluation plus ``passes - 1`` evaluations of the hidden layer.
+        """
+        x = torch.zeros_like(z)
+        # the masked weights once per call (the full network re-masks them at every pass)
+        w_in = self.layer_in.weight * self.mask_in
+        w_hidden = self.layer_hidden.weight * self.mask_hidden
+        w_out = self.layer_out.weight * self.mask_out.repeat(2, 1)
+        pre = self.layer_in.bias.expand(z.shape[0], -1)  # first layer at x = 0
+        if self.context_in is not None:
+            pre = pre + self.context_in(context)
+        ctx_out = self.context_out(context) if self.context_out is not None else None
+        previous = None
+        for genes in self._block_slices():
+            if previous is not None:  # blocks < k are final: add the last one's inputs
+                pre = pre + x[:, previous] @ w_in[:, previous].t()
+            h = torch.relu(pre)
+            h = torch.relu(nn.functional.linear(h, w_hidden, self.layer_hidden.bias))
+            shift_genes = slice(genes.start + self.features, genes.stop + self.features)
+            raw_scale = nn.functional.linear(h, w_out[genes], self.layer_out.bias[genes])
+            shift = nn.functional.linear(h, w_out[shift_genes], self.layer_out.bias[shift_genes])
+            if ctx_out is not None:
+                raw_scale = raw_scale + ctx_out[:, genes]
+                shift = shift + ctx_out[:, shift_genes]
+            log_s = self.max_log_scale * torch.tanh(raw_scale / self.max_log_scale)
+            x[:, genes] = (z[:, genes] - shift) * torch.exp(-log_s)
+            previous = genes
+        return x
+
+    def _block_slices(self) -> list[slice]:
+        """The genes of block 0, 1, ... as slices (blocks are contiguous ranges of gene indices)."""
+        block = self.block.tolist()
+        slices = []
+        for k in range(self.passes):
+            members = [i for i, b in enumerate(block) if b == k]
+            if members:
+                if members[-1] - members[0] + 1 != len(members):  # pragma: no cover - by construction
+                    raise AssertionError("BlockMADE blocks must be contiguous")
+                slices.append(slice(members[0], members[-1] + 1))
+        return slices
+
+    def inverse_reference(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The textbook inversion: ``passes`` evaluations of the full network (for tests)."""
         x = torch.zeros_like(z)
         for _ in range(self.passes):  # after pass k the blocks 0..k are exact
             log_s, shift = self._params(x, context)
@@ -628,9 +700,16 @@ class MOEFlow(nn.Module):
         return base + logdet, mask_mean
 
     @torch.no_grad()
-    def sample(self, n: int, context: torch.Tensor | None, generator: torch.Generator, chunk: int = 128) -> torch.Tensor:
-        """``n`` cells: base draws from ``generator`` (all at once), inverted in chunks of ``chunk`` cells
-        (small chunks keep the attention scores in cache: ~1.5x faster than one large batch)."""
+    def sample(
+        self, n: int, context: torch.Tensor | None, generator: torch.Generator, chunk: int = SAMPLE_CHUNK
+    ) -> torch.Tensor:
+        """``n`` cells: base draws from ``generator`` (all at once), inverted in chunks of ``chunk`` cells.
+
+        The chunking does not change the cells (the base draws are made first), only the speed. The
+        inverse uses the fused attention kernel and the one-pass-per-block MADE inversion
+        (:meth:`BlockMADE.inverse`); with the nflows MAF (``paper`` preset) each chunk costs D
+        sequential network passes whatever its size, so large chunks amortise them.
+        """
         device = next(self.parameters()).device
         z = torch.randn(n, self.features, generator=generator)
         out = []

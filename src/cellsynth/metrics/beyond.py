@@ -61,7 +61,9 @@ def _kth_neighbour_radius(x: np.ndarray, k: int) -> np.ndarray:
     def reduce(d2: np.ndarray, rows: slice) -> np.ndarray:
         # Exclude the point itself (duplicates of it still count as neighbours at distance 0).
         d2[np.arange(d2.shape[0]), np.arange(rows.start, rows.stop)] = np.inf
-        return np.partition(d2, k - 1, axis=1)[:, k - 1]
+        # a copy: a view of the partitioned block would keep the whole block alive until the end
+        # (all blocks together: the n x n matrix the blocking avoids)
+        return np.partition(d2, k - 1, axis=1)[:, k - 1].copy()
 
     return np.sqrt(_blockwise(x, x, reduce))
 

@@ -20,6 +20,9 @@ from sklearn.preprocessing import StandardScaler
 
 __all__ = ["ReferenceSpace", "as_dense"]
 
+#: Cells projected at a time by :meth:`ReferenceSpace.transform` (4096 × 2000 genes × 8 bytes = 66 MB).
+TRANSFORM_CHUNK = 4096
+
 
 def as_dense(X, dtype=np.float64) -> np.ndarray:
     """Return ``X`` (a numpy array, scipy sparse matrix, or array-like) as a 2-D dense ``dtype`` array."""
@@ -72,27 +75,49 @@ class ReferenceSpace:
         self.seed = int(seed)
 
     def fit(self, X) -> ReferenceSpace:
-        """Fit the scaler and the PCA on ``X`` (real training cells × genes, sparse or dense)."""
+        """Fit the scaler and the PCA on ``X`` (real training cells × genes, sparse or dense).
+
+        Memory: one dense float64 copy of ``X`` (standardised and then centred in place by the
+        PCA, which is told not to copy it), besides ``X`` itself.
+        """
+        original = X
         X = as_dense(X)
+        if isinstance(original, np.ndarray) and np.shares_memory(X, original):
+            X = X.copy()  # as_dense returned the caller's float64 array: never write to it
         n_cells, n_genes = X.shape
         if n_cells < 2:
             raise ValueError("ReferenceSpace needs at least 2 cells to fit")
         self.n_components_ = int(min(self.n_components, n_cells, n_genes))
         self.n_features_in_ = n_genes
         self.scaler_ = StandardScaler().fit(X)
-        self.pca_ = PCA(n_components=self.n_components_, random_state=self.seed)
-        self.pca_.fit(self.scaler_.transform(X))
+        standardised = self.scaler_.transform(X, copy=False)  # in place (X is our copy)
+        self.pca_ = PCA(n_components=self.n_components_, random_state=self.seed, copy=False)
+        self.pca_.fit(standardised)
+        del standardised, X
         self.explained_variance_ratio_ = self.pca_.explained_variance_ratio_
         return self
 
-    def transform(self, X) -> np.ndarray:
-        """Project cells × genes (sparse or dense, same genes as the fit) to cells × ``n_components_``."""
+    def transform(self, X, chunk: int = TRANSFORM_CHUNK) -> np.ndarray:
+        """Project cells × genes (sparse or dense, same genes as the fit) to cells × ``n_components_``.
+
+        Rows are projected ``chunk`` cells at a time, so no dense float64 copy of the whole input is
+        made (the result is the same as projecting all rows at once, up to float rounding).
+        """
         if not hasattr(self, "pca_"):
             raise RuntimeError("ReferenceSpace is not fitted; call fit(X_train) first")
-        X = as_dense(X)
+        if not sp.issparse(X):
+            X = np.asarray(X)  # no copy for an array
+            if X.ndim != 2:
+                X = as_dense(X)  # a 1-D array is one feature; anything else raises
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"expected {self.n_features_in_} genes, got {X.shape[1]}")
-        return self.pca_.transform(self.scaler_.transform(X))
+        if sp.issparse(X):
+            X = X.tocsr()
+        out = np.empty((X.shape[0], self.n_components_), dtype=np.float64)
+        for start in range(0, X.shape[0], chunk):
+            block = as_dense(X[start : start + chunk])  # the scaler copies it (the input is never written)
+            out[start : start + chunk] = self.pca_.transform(self.scaler_.transform(block))
+        return out
 
     def fit_transform(self, X) -> np.ndarray:
         """``fit(X)`` then ``transform(X)`` (the in-sample projection of the training cells)."""
