@@ -26,6 +26,21 @@ def seeded_generator(seed: int) -> torch.Generator:
     return gen
 
 
+def resolve_device(wanted: str, name: str) -> torch.device:
+    """The torch device of a ``device`` hyperparameter (``"cpu"``, ``"cuda"`` or ``"auto"``).
+
+    ``"auto"`` picks CUDA when it is available; ``"cuda"`` without a CUDA device is a clear error
+    naming the generator, not a failure deep inside torch.
+    """
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        from cellsynth.generators.base import GeneratorError
+
+        raise GeneratorError(f"{name}: device='cuda' but no CUDA device is available")
+    return torch.device(wanted)
+
+
 def one_hot(labels: np.ndarray | torch.Tensor, n_classes: int) -> torch.Tensor:
     labels = torch.as_tensor(labels, dtype=torch.long)
     return torch.nn.functional.one_hot(labels, n_classes).to(torch.float32)

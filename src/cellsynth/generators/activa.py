@@ -110,7 +110,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from cellsynth.generators._torch import one_hot, seeded_generator, validation_split
+from cellsynth.generators._torch import one_hot, resolve_device, seeded_generator, validation_split
 from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory
 
 _STATE_FILE = "activa_state.pt"
@@ -306,12 +306,7 @@ class ActivaGenerator(Generator):
 
     # ------------------------------------------------------------------ helpers
     def _device(self) -> torch.device:
-        wanted = self.params.device
-        if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise GeneratorError("activa: device='cuda' but no CUDA device is available")
-        return torch.device(wanted)
+        return resolve_device(self.params.device, self.name)
 
     def _build(self, n_genes: int, seed: int) -> ActivaNetworks:
         """Fresh networks; the initial weights depend only on ``seed``."""

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from cellsynth.generators._torch import LoopSettings, one_hot, train_likelihood_model
+from cellsynth.generators._torch import LoopSettings, one_hot, resolve_device, train_likelihood_model
 from cellsynth.generators.base import (
     EpochCallback,
     Generator,
@@ -206,12 +206,7 @@ class MAFGenerator(Generator):
 
     # ------------------------------------------------------------------ model
     def _device(self) -> torch.device:
-        wanted = self.params.device
-        if wanted == "auto":
-            wanted = "cuda" if torch.cuda.is_available() else "cpu"
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise GeneratorError("maf: device='cuda' but no CUDA device is available")
-        return torch.device(wanted)
+        return resolve_device(self.params.device, self.name)
 
     def _context_features(self) -> int:
         return len(self.cell_types_) if self.conditional else 0

@@ -143,6 +143,7 @@ from torch import nn
 from cellsynth.generators._torch import (
     LoopSettings,
     one_hot,
+    resolve_device,
     seeded_generator,
     train_likelihood_model,
     validation_split,
@@ -876,9 +877,7 @@ class MOEGenerator(Generator):
 
     # ------------------------------------------------------------------ internals
     def _device(self) -> torch.device:
-        if self.params.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.params.device)
+        return resolve_device(self.params.device, self.name)
 
     def _build(self, n_genes: int) -> MOEFlow:
         n_ctx = len(self.cell_types_) if self.conditional else 0
