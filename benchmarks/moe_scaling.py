@@ -134,8 +134,8 @@ def child_maf(genes: int, steps: int, warmup: int, batch_size: int, n_sample: in
     X = rng.poisson(0.5, size=(prep_cells, genes)).astype(np.float32)
     labels = np.arange(prep_cells) % context
     started = time.perf_counter()
-    prep = _LinearMap.fit(X, labels, n_types=context, standardize=True,
-                          pca_components=params.pca_components, seed=0)
+    prep, _ = _LinearMap.fit_transform(X, labels, n_types=context, standardize=True,
+                                       pca_components=params.pca_components, seed=0)
     prep_s = time.perf_counter() - started
     prep_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     del prep, X

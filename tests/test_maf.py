@@ -169,21 +169,42 @@ def test_linear_map_is_an_exact_bijection(tiny_adata_factory):
     from cellsynth.generators.maf import _LinearMap
 
     adata = tiny_adata_factory(n_cells=80, n_genes=10, n_types=3, seed=8)
-    X = np.asarray(adata.X)
+    X = np.asarray(adata.X, dtype=np.float32)
     labels = adata.obs["cell_type"].cat.codes.to_numpy().astype(np.int64)
-    prep = _LinearMap.fit(X, labels, n_types=3, standardize=True, pca_components=4, seed=0)
-    W = prep.transform(X, labels)
+    prep, W = _LinearMap.fit_transform(X.copy(), labels, n_types=3, standardize=True, pca_components=4, seed=0)
+    np.testing.assert_allclose(prep.transform(X, labels), W, atol=1e-5)  # in place = out of place
     np.testing.assert_allclose(prep.inverse_transform(W, labels), X, atol=1e-4)
     for k in range(3):
         np.testing.assert_allclose(W[labels == k].mean(0), 0, atol=1e-4)  # centred per type
-    Q = prep.rotation.astype(np.float64)
+    # The rotation, never stored as a matrix, is orthogonal: applied to the identity it gives Q.
+    Q = prep.rotation.apply(np.eye(10, dtype=np.float32)).astype(np.float64)
     np.testing.assert_allclose(Q.T @ Q, np.eye(10), atol=1e-5)
+    # Its first 4 columns span the principal axes of the within-type residuals.
+    residuals = prep.scaler.transform(X)
+    for k in range(3):
+        residuals[labels == k] -= residuals[labels == k].mean(0)
+    axes = np.linalg.svd(residuals.astype(np.float64), full_matrices=False)[2][:4].T
+    np.testing.assert_allclose(np.abs(axes.T @ Q[:, :4]), np.eye(4), atol=1e-3)
+    # The complement is mixed: every complement direction weighs several genes.
+    assert (np.abs(Q[:, 4:]) > 1e-3).sum(axis=0).min() >= 3
     # log|det dw/dz| of w = (z Q) / s
     expected = np.linalg.slogdet(Q / prep.rotation_scale.astype(np.float64))[1]
     assert prep.log_det == pytest.approx(expected, abs=1e-4)
-    # Whitened coordinates have unit variance over the training cells (before centring).
-    plain = _LinearMap.fit(X, None, n_types=3, standardize=True, pca_components=4, seed=0)
-    np.testing.assert_allclose(plain.transform(X, None).std(0), 1, atol=1e-3)
+    # Whitened coordinates have unit variance over the training cells (no type centring).
+    plain, W_plain = _LinearMap.fit_transform(X.copy(), None, n_types=3, standardize=True, pca_components=4, seed=0)
+    np.testing.assert_allclose(W_plain.std(0), 1, atol=1e-3)
+    np.testing.assert_allclose(plain.inverse_transform(W_plain, labels), X, atol=1e-4)
+
+
+def test_linear_map_memory_is_linear_in_genes():
+    """No D x D matrix: the stored state of 3000 genes and 50 axes is O(D k)."""
+    from cellsynth.generators.maf import _LinearMap
+
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.5, size=(300, 3000)).astype(np.float32)
+    labels = np.arange(300) % 3
+    prep, _ = _LinearMap.fit_transform(X, labels, n_types=3, standardize=True, pca_components=50, seed=0)
+    assert max(array.size for array in prep.state().values()) <= 3000 * 50
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,10 @@ Subclasses implement four hooks on plain numpy arrays:
 
 ``_fit(X, labels, seed, progress, on_epoch) -> TrainingHistory``
     ``X`` is a dense ``float32`` array (cells × genes) in the input's space, ``labels`` an ``int64``
-    array of cell-type codes (indices into ``self.cell_types_``).
+    array of cell-type codes (indices into ``self.cell_types_``). ``X`` is the fit's one dense copy
+    of the expression matrix, owned by the generator: ``_fit`` may transform it in place or keep it
+    as state, and should not make another full copy (the evaluation of a 50k-cell fold would hold
+    several gigabytes).
 ``_sample(labels, seed) -> np.ndarray``
     One row per requested code. Conditional models honour the codes; unconditional ones
     (``conditional = False``) ignore them and the base class labels their cells with a k-NN
@@ -25,7 +28,7 @@ import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,11 +73,22 @@ class GeneratorError(ValueError):
     """Bad input to a generator (wrong labels, non-finite values, unknown cell type, ...)."""
 
 
-def dense_float32(matrix: Any) -> np.ndarray:
-    """``matrix`` as a C-contiguous dense float32 array (one copy at most)."""
+#: Rows per block when a per-gene statistic is computed blockwise (bounded temporaries).
+ROW_BLOCK = 4096
+
+
+def dense_float32(matrix: Any, *, copy: bool = False) -> np.ndarray:
+    """``matrix`` as a C-contiguous dense float32 array: one copy at most, always a new array with
+    ``copy=True`` (a sparse matrix is densified once, without a float64 intermediate)."""
     if sp.issparse(matrix):
-        matrix = matrix.toarray()
-    return np.ascontiguousarray(np.asarray(matrix, dtype=np.float32))
+        return np.ascontiguousarray(matrix.astype(np.float32).toarray())
+    return np.asarray(matrix, dtype=np.float32, order="C", copy=True if copy else None)
+
+
+def row_blocks(n_rows: int, block: int = ROW_BLOCK) -> Iterator[slice]:
+    """Consecutive row slices of at most ``block`` rows covering ``range(n_rows)``."""
+    for start in range(0, n_rows, block):
+        yield slice(start, min(start + block, n_rows))
 
 
 def smallest_nonzero(X: np.ndarray) -> np.ndarray:
@@ -83,7 +97,20 @@ def smallest_nonzero(X: np.ndarray) -> np.ndarray:
     Log-normalised counts have no value between 0 and a gene's smallest non-zero value (one count):
     a continuous model's mass in that gap belongs to the gene's zero atom (see :func:`snap_to_zero`).
     """
-    return np.where(X > 0, X, np.inf).min(axis=0).astype(np.float32)
+    smallest = np.full(X.shape[1], np.inf, dtype=np.float32)
+    for rows in row_blocks(len(X)):
+        np.minimum(smallest, np.where(X[rows] > 0, X[rows], np.inf).min(axis=0), out=smallest)
+    return smallest
+
+
+def column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and (population) standard deviation in float64, in row blocks: numpy's
+    ``X.std`` would allocate a float64 temporary twice the size of a float32 ``X``."""
+    mean = X.mean(axis=0, dtype=np.float64)
+    squares = np.zeros(X.shape[1], dtype=np.float64)
+    for rows in row_blocks(len(X)):
+        squares += np.square(X[rows] - mean).sum(axis=0)
+    return mean, np.sqrt(squares / max(len(X), 1))
 
 
 def snap_to_zero(X: np.ndarray, smallest: np.ndarray) -> np.ndarray:
@@ -103,13 +130,19 @@ class Standardizer:
         self.scale = scale
 
     def fit(self, X: np.ndarray) -> Standardizer:
-        self.mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = X.std(axis=0, dtype=np.float64).astype(np.float32)
+        mean, std = column_mean_std(X)
+        self.mean = mean.astype(np.float32)
         self.scale = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.mean) / self.scale).astype(np.float32)
+    def transform(self, X: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+        """z-scores of ``X`` (float32); ``inplace=True`` overwrites a float32 ``X`` instead of
+        allocating a second matrix."""
+        if not inplace:
+            return ((X - self.mean) / self.scale).astype(np.float32)
+        X -= self.mean
+        X /= self.scale
+        return X
 
     def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
         return (Z * self.scale + self.mean).astype(np.float32)
@@ -181,6 +214,11 @@ class Generator(ABC):
         ``adata.obs[label_key]``. Does not modify ``adata``.
         """
         X, labels = self._training_arrays(adata)
+        if not self.conditional:
+            from sklearn.neighbors import KNeighborsClassifier
+
+            # fitted first, on its own copy: ``_fit`` may transform ``X`` in place
+            self._labeller = KNeighborsClassifier(n_neighbors=min(15, len(X))).fit(X.copy(), labels)
         # Some backends (SDV) seed numpy's global RNG; leave the caller's global state as it was.
         rng_state = np.random.get_state()  # noqa: NPY002
         try:
@@ -189,10 +227,6 @@ class Generator(ABC):
             history.fit_seconds = time.perf_counter() - started
         finally:
             np.random.set_state(rng_state)  # noqa: NPY002
-        if not self.conditional:
-            from sklearn.neighbors import KNeighborsClassifier
-
-            self._labeller = KNeighborsClassifier(n_neighbors=min(15, len(X))).fit(X, labels)
         return history
 
     def sample(
@@ -327,7 +361,7 @@ class Generator(ABC):
             )
         if adata.n_obs < 2 or adata.n_vars < 1:
             raise GeneratorError(f"{self.name}: need at least 2 cells and 1 gene, got {adata.shape}")
-        X = dense_float32(adata.X)
+        X = dense_float32(adata.X, copy=True)  # the fit's own copy (see the module docstring)
         if not np.isfinite(X).all():
             raise GeneratorError(f"{self.name}: the expression matrix holds NaN or infinite values")
         raw_labels = adata.obs[self.label_key]

@@ -18,6 +18,8 @@ from cellsynth.generators.base import (
     GeneratorError,
     Standardizer,
     TrainingHistory,
+    column_mean_std,
+    row_blocks,
     smallest_nonzero,
     snap_to_zero,
 )
@@ -79,7 +81,8 @@ class MAFParams:
     standardize: bool = True
     #: Fixed linear map applied after z-scoring. ``"pca"``: rotate onto the top
     #: ``pca_components`` principal axes of the training cells, completed by a random orthonormal
-    #: basis of their complement, and scale every rotated coordinate to unit variance (with
+    #: basis of their complement (Householder reflections and a randomised DCT: memory linear in
+    #: genes, no ``D × D`` matrix), and scale every rotated coordinate to unit variance (with
     #: ``center_by_type``, axes and scales of the within-type spread, so the untrained flow is one
     #: Gaussian per type with their pooled covariance). ``"none"``:
     #: the flow sees the z-scored genes (the paper). Either way the likelihood stays exact (the
@@ -243,7 +246,9 @@ class MAFGenerator(Generator):
         on_epoch: EpochCallback | None,
     ) -> TrainingHistory:
         p = self.params
-        self._prep = _LinearMap.fit(
+        self._zero_below = smallest_nonzero(X)
+        # X becomes the flow's input in place: the fit's one dense copy of the matrix
+        self._prep, W = _LinearMap.fit_transform(
             X,
             labels if (self.conditional and p.center_by_type) else None,
             n_types=len(self.cell_types_),
@@ -251,8 +256,6 @@ class MAFGenerator(Generator):
             pca_components=p.pca_components if p.whiten == "pca" else None,
             seed=seed,
         )
-        self._zero_below = smallest_nonzero(X)
-        W = self._prep.transform(X, labels)
         context = one_hot(labels, len(self.cell_types_)).numpy() if self.conditional else None
         self._flow = self._build(X.shape[1], seed)
         settings = LoopSettings(
@@ -292,14 +295,13 @@ class MAFGenerator(Generator):
     def _sample(self, labels: np.ndarray, *, seed: int) -> np.ndarray:
         device = self._device()
         self._flow.eval()
-        chunks = []
+        X = np.empty((len(labels), len(self.var_names_)), dtype=np.float32)
         with _rng_scope(seed, device):
             for start in range(0, len(labels), SAMPLE_CHUNK):
                 codes = labels[start : start + SAMPLE_CHUNK]
                 c = one_hot(codes, len(self.cell_types_)).to(device) if self.conditional else None
-                chunks.append(self._draw(len(codes), c).cpu())
-        W = torch.cat(chunks).numpy().astype(np.float32)
-        X = self._prep.inverse_transform(W, labels)
+                W = self._draw(len(codes), c).cpu().numpy()
+                X[start : start + len(codes)] = self._prep.inverse_transform(W, codes)
         if self.params.snap_zeros and self.nonnegative_:
             snap_to_zero(X, self._zero_below)
         return X
@@ -342,16 +344,19 @@ class MAFGenerator(Generator):
 class _LinearMap:
     """Exact affine bijection ``x -> w`` in front of the flow, fitted on the training cells.
 
-    ``z = (x - mean) / scale`` (``Standardizer``), then optionally ``w = (z @ Q) / s`` with ``Q``
-    orthogonal (top principal axes of ``z`` + a random orthonormal complement) and ``s`` the
-    standard deviation of each rotated coordinate, then optionally minus the cell's type mean.
-    ``log_det`` is ``log |det dw/dz|`` (the shift and the orthogonal part add nothing).
+    ``z = (x - mean) / scale`` (``Standardizer``), then optionally ``w = rotate(z) / s`` with
+    ``rotate`` an orthogonal map onto the top principal axes of ``z`` followed by a random
+    orthonormal basis of their complement (:class:`_Rotation`, never a dense ``D × D`` matrix) and
+    ``s`` the standard deviation of each rotated coordinate, then optionally minus the cell's type
+    mean. ``log_det`` is ``log |det dw/dz|`` (the shift and the orthogonal part add nothing).
+    Memory and time are linear in genes (``D × k`` for ``k`` axes); the transforms work in row
+    blocks so that, beyond the matrix they transform, they allocate only a block.
     """
 
     def __init__(
         self,
         scaler: Standardizer | None,
-        rotation: np.ndarray | None,
+        rotation: _Rotation | None,
         rotation_scale: np.ndarray | None,
         type_means: np.ndarray | None,
     ):
@@ -367,7 +372,7 @@ class _LinearMap:
         return -float(np.log(self.rotation_scale.astype(np.float64)).sum())
 
     @classmethod
-    def fit(
+    def fit_transform(
         cls,
         X: np.ndarray,
         labels: np.ndarray | None,
@@ -376,81 +381,171 @@ class _LinearMap:
         standardize: bool,
         pca_components: int | None,
         seed: int,
-    ) -> _LinearMap:
+    ) -> tuple[_LinearMap, np.ndarray]:
+        """Fit the map on ``X`` and return it with ``transform(X, labels)``, computed in place:
+        ``X`` (float32, owned by the caller) is overwritten and returned."""
         scaler = Standardizer().fit(X) if standardize else None
-        Z = scaler.transform(X) if scaler is not None else X
+        Z = scaler.transform(X, inplace=True) if scaler is not None else X
+        # With type centring, whiten the *within-type* spread: the flow then starts from one
+        # Gaussian per type with the pooled within-type covariance of the leading axes. Axes
+        # and scales of the total spread (between-type variance included) would start every
+        # type's cells several times too wide, and the likelihood of the ~D complement
+        # coordinates dominates training too much for the flow to shrink them back.
+        centres = _group_means(Z, labels, n_types) if labels is not None else Z.mean(axis=0, dtype=np.float64)[None]
+        codes = labels if labels is not None else np.zeros(len(Z), dtype=np.int64)
+        _shift_rows(Z, -centres, codes)  # Z now holds the residuals
         rotation = rotation_scale = None
         if pca_components is not None:
-            # With type centring, whiten the *within-type* spread: the flow then starts from one
-            # Gaussian per type with the pooled within-type covariance of the leading axes. Axes
-            # and scales of the total spread (between-type variance included) would start every
-            # type's cells several times too wide, and the likelihood of the ~D complement
-            # coordinates dominates training too much for the flow to shrink them back.
-            residual = Z - _group_means(Z, labels, n_types)[labels] if labels is not None else Z - Z.mean(axis=0)
-            rotation = _pca_basis(residual, pca_components, seed)
-            R = residual @ rotation
-            std = R.std(axis=0, dtype=np.float64)
+            rotation = _Rotation.fit(Z, pca_components, seed)
+            for rows in row_blocks(len(Z)):
+                Z[rows] = rotation.apply(Z[rows])
+            _, std = column_mean_std(Z)
             # Directions without training variance (fewer cells than genes) keep a small scale.
             rotation_scale = np.maximum(std, 1e-2 * max(float(std.max()), 1e-8)).astype(np.float32)
+            Z /= rotation_scale
+            centres = rotation.apply(centres) / rotation_scale
         prep = cls(scaler, rotation, rotation_scale, None)
         if labels is not None:
-            prep.type_means = _group_means(prep.transform(X, None), labels, n_types)
-        return prep
+            prep.type_means = centres.astype(np.float32)  # transform(X) minus these = Z
+        else:
+            _shift_rows(Z, centres, codes)  # without type centring the flow sees transform(X)
+        return prep, Z
 
     def transform(self, X: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-        Z = self.scaler.transform(X) if self.scaler is not None else X
+        """Flow-space points (a new float32 array) of expression ``X``; ``labels`` are needed for
+        the type shift (``None`` leaves it out)."""
+        Z = self.scaler.transform(X) if self.scaler is not None else np.array(X, dtype=np.float32)
         if self.rotation is not None:
-            Z = (Z @ self.rotation) / self.rotation_scale
+            for rows in row_blocks(len(Z)):
+                Z[rows] = self.rotation.apply(Z[rows]) / self.rotation_scale
         if self.type_means is not None and labels is not None:
-            Z = Z - self.type_means[labels]
-        return np.ascontiguousarray(Z, dtype=np.float32)
+            _shift_rows(Z, -self.type_means, labels)
+        return Z
 
     def inverse_transform(self, W: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        if self.type_means is not None:
-            W = W + self.type_means[labels]
-        if self.rotation is not None:
-            W = (W * self.rotation_scale) @ self.rotation.T
-        Z = np.asarray(W, dtype=np.float32)
-        return self.scaler.inverse_transform(Z) if self.scaler is not None else Z
+        """Expression (a new float32 array) of the flow-space points ``W`` of types ``labels``."""
+        X = np.empty(W.shape, dtype=np.float32)
+        for rows in row_blocks(len(W)):
+            block = np.asarray(W[rows], dtype=np.float32)
+            if self.type_means is not None:
+                block = block + self.type_means[labels[rows]]
+            if self.rotation is not None:
+                block = self.rotation.invert(block * self.rotation_scale)
+            X[rows] = self.scaler.inverse_transform(block) if self.scaler is not None else block
+        return X
 
     def state(self) -> dict[str, np.ndarray]:
         arrays = {
             "mean": None if self.scaler is None else self.scaler.mean,
             "scale": None if self.scaler is None else self.scaler.scale,
-            "rotation": self.rotation,
             "rotation_scale": self.rotation_scale,
             "type_means": self.type_means,
+            **({} if self.rotation is None else self.rotation.state()),
         }
         return {k: v for k, v in arrays.items() if v is not None}
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray]) -> _LinearMap:
+        if "rotation" in arrays:
+            raise GeneratorError(
+                "maf: this checkpoint stores a dense D x D rotation (cellsynth before the linear-memory "
+                "whitening); refit the model"
+            )
         scaler = Standardizer(mean=arrays["mean"], scale=arrays["scale"]) if "mean" in arrays else None
-        return cls(scaler, arrays.get("rotation"), arrays.get("rotation_scale"), arrays.get("type_means"))
+        rotation = _Rotation.from_state(arrays) if "householder" in arrays else None
+        return cls(scaler, rotation, arrays.get("rotation_scale"), arrays.get("type_means"))
+
+
+class _Rotation:
+    """Orthogonal map of ``D``-vectors: ``k`` principal axes first, then a random orthonormal basis
+    of their complement, in ``O(D k)`` memory.
+
+    ``Q = I - Y T Y^T`` is the product of the ``k`` Householder reflections of the QR factorisation
+    of the axes (compact WY form, Schreiber & Van Loan 1989): its first ``k`` columns are the axes
+    (up to sign), the others an orthonormal basis of their complement. That basis is then mixed by a
+    seeded random orthogonal map (random permutation and signs, then an orthonormal DCT-II, which
+    spreads every coordinate over all of them), so each complement coordinate is a dense
+    combination of genes, as a Haar-random basis would give, without a ``D × D`` matrix.
+    ``apply(z) = mix(z Q)`` and ``invert(w) = unmix(w) Q^T`` for row blocks ``z``, ``w``.
+    """
+
+    def __init__(self, householder: np.ndarray, block_factor: np.ndarray, permutation: np.ndarray, signs: np.ndarray):
+        self.householder = householder  # Y, D x k, unit lower trapezoidal
+        self.block_factor = block_factor  # T, k x k, upper triangular
+        self.permutation = permutation  # of the D - k complement coordinates
+        self.signs = signs
+
+    @property
+    def n_axes(self) -> int:
+        return self.householder.shape[1]
+
+    @classmethod
+    def fit(cls, residuals: np.ndarray, n_components: int, seed: int) -> _Rotation:
+        """Principal axes of the (already centred) ``residuals`` and a seeded complement."""
+        import scipy.linalg
+        from sklearn.utils.extmath import randomized_svd
+
+        n_cells, n_genes = residuals.shape
+        k = int(min(n_components, n_genes, max(n_cells - 1, 1)))
+        _, _, axes = randomized_svd(residuals, k, random_state=seed)
+        (packed, tau), _ = scipy.linalg.qr(axes.T.astype(np.float64), mode="raw")
+        householder = np.tril(packed, -1)
+        householder[np.arange(k), np.arange(k)] = 1.0
+        block_factor = np.zeros((k, k))
+        for i in range(k):  # LAPACK's dlarft recurrence, forward columnwise
+            block_factor[:i, i] = -tau[i] * block_factor[:i, :i] @ (householder[:, :i].T @ householder[:, i])
+            block_factor[i, i] = tau[i]
+        rng = np.random.default_rng(seed)
+        permutation = rng.permutation(n_genes - k)
+        signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=n_genes - k)
+        return cls(householder.astype(np.float32), block_factor.astype(np.float32), permutation, signs)
+
+    def apply(self, Z: np.ndarray) -> np.ndarray:
+        import scipy.fft
+
+        Y, T, k = self.householder, self.block_factor, self.n_axes
+        rotated = Z - ((Z @ Y) @ T) @ Y.T
+        if rotated.shape[1] > k:  # there is a complement to mix
+            complement = rotated[:, k:][:, self.permutation] * self.signs
+            rotated[:, k:] = scipy.fft.dct(complement, type=2, norm="ortho", axis=1)
+        return rotated.astype(np.float32, copy=False)
+
+    def invert(self, W: np.ndarray) -> np.ndarray:
+        import scipy.fft
+
+        Y, T, k = self.householder, self.block_factor, self.n_axes
+        unmixed = np.array(W, dtype=np.float32)
+        if W.shape[1] > k:
+            complement = scipy.fft.idct(W[:, k:], type=2, norm="ortho", axis=1) * self.signs
+            unmixed[:, k + self.permutation] = complement
+        return (unmixed - ((unmixed @ Y) @ T.T) @ Y.T).astype(np.float32, copy=False)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "householder": self.householder,
+            "block_factor": self.block_factor,
+            "permutation": self.permutation,
+            "signs": self.signs,
+        }
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray]) -> _Rotation:
+        return cls(arrays["householder"], arrays["block_factor"], arrays["permutation"], arrays["signs"])
 
 
 def _group_means(X: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray:
-    """``n_groups × D`` float32 means of the rows of ``X`` per label (0 for an empty group)."""
+    """``n_groups × D`` float64 means of the rows of ``X`` per label (0 for an empty group)."""
     sums = np.zeros((n_groups, X.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, X)
+    for rows in row_blocks(len(X)):
+        np.add.at(sums, labels[rows], X[rows])
     counts = np.bincount(labels, minlength=n_groups)[:, None]
-    return (sums / np.maximum(counts, 1)).astype(np.float32)
+    return sums / np.maximum(counts, 1)
 
 
-def _pca_basis(Z: np.ndarray, n_components: int, seed: int) -> np.ndarray:
-    """Orthogonal ``D × D`` matrix: the top principal axes of ``Z`` first, then a random
-    orthonormal basis of their complement (seeded)."""
-    from sklearn.utils.extmath import randomized_svd
-
-    n_cells, n_genes = Z.shape
-    k = int(min(n_components, n_genes, max(n_cells - 1, 1)))
-    centred = (Z - Z.mean(axis=0)).astype(np.float64)
-    _, _, axes = randomized_svd(centred, k, random_state=seed)
-    rng = np.random.default_rng(seed)
-    M = np.concatenate([axes.T, rng.standard_normal((n_genes, n_genes - k))], axis=1)
-    Q, R = np.linalg.qr(M)
-    Q = Q * np.sign(np.diag(R))  # first k columns are the principal axes themselves
-    return Q.astype(np.float32)
+def _shift_rows(X: np.ndarray, shifts: np.ndarray, codes: np.ndarray) -> None:
+    """``X[i] += shifts[codes[i]]`` in place, a row block at a time."""
+    for rows in row_blocks(len(X)):
+        X[rows] += shifts[codes[rows]].astype(np.float32)
 
 
 @contextlib.contextmanager
