@@ -251,6 +251,30 @@ def test_type_actnorm_starts_at_per_type_z_scores():
     torch.testing.assert_close(norm.inverse(z, context), x, atol=1e-4, rtol=0)
 
 
+def test_actnorm_moments_accumulated_in_blocks_equal_one_pass():
+    """The fit initialises the per-type ActNorm from blocks of cells (no copy of the training part)."""
+    from cellsynth.generators.moe import ActNorm, GroupMoments
+
+    torch.manual_seed(1)
+    labels = torch.arange(500) % 4
+    x = torch.randn(500, 6) * (1 + labels[:, None]) + 3 * labels[:, None]
+    context = torch.eye(4)[labels]
+    whole, blocks = ActNorm(6, context_features=4), ActNorm(6, context_features=4)
+    whole.initialize(x, context)  # prior 5: types shrunk towards all cells
+    moments = GroupMoments(6, 4)
+    for start in range(0, 500, 128):
+        moments.add(x[start : start + 128], context[start : start + 128])
+    blocks.initialize_from(moments)
+    torch.testing.assert_close(blocks.loc, whole.loc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(blocks.log_scale, whole.log_scale, atol=1e-5, rtol=0)
+    # and the shrinkage formula itself, for one type, from its definition
+    members, prior = x[labels == 2].double(), 5.0
+    mean_all, var_all = x.double().mean(0), x.double().var(0, unbiased=False)
+    mean = (members.sum(0) + prior * mean_all) / (len(members) + prior)
+    var = (((members - mean) ** 2).sum(0) + prior * (var_all + (mean_all - mean) ** 2)) / (len(members) + prior)
+    torch.testing.assert_close(blocks.log_scale[2].double(), -0.5 * torch.log(var), atol=1e-5, rtol=0)
+
+
 def test_bad_hyperparameters_are_clear_errors():
     with pytest.raises(ValueError, match="mask_mode"):
         MOEGenerator(mask_mode="sometimes")

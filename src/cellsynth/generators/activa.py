@@ -111,7 +111,13 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from cellsynth.generators._torch import one_hot, resolve_device, seeded_generator, validation_split
-from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory
+from cellsynth.generators.base import (
+    EpochCallback,
+    Generator,
+    GeneratorError,
+    TrainingHistory,
+    smallest_nonzero,
+)
 
 _STATE_FILE = "activa_state.pt"
 
@@ -345,8 +351,12 @@ class ActivaGenerator(Generator):
         X_t = torch.from_numpy(X).to(device)
         y_t = torch.as_tensor(labels, dtype=torch.long, device=device)
         self._nets = nets = self._build(X.shape[1], seed)
-        nets.init_output_bias(X_t[torch.from_numpy(train_idx).to(device)].mean(dim=0))
-        positive = np.where(X > 0, X, np.inf).min(axis=0)
+        in_training_part = np.zeros((len(X), 1), dtype=bool)
+        in_training_part[train_idx] = True
+        # a masked mean, not a mean of X[train_idx] (a second copy of most of the matrix)
+        train_mean = X.mean(axis=0, dtype=np.float64, where=in_training_part).astype(np.float32)
+        nets.init_output_bias(torch.from_numpy(train_mean).to(device))
+        positive = smallest_nonzero(X)
         nets.gene_floor.copy_(torch.from_numpy(np.where(np.isfinite(positive), positive, 0.0).astype(np.float32)))
 
         def adam(module: nn.Module, lr: float) -> torch.optim.Optimizer:

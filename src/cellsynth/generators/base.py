@@ -144,8 +144,13 @@ class Standardizer:
         X /= self.scale
         return X
 
-    def inverse_transform(self, Z: np.ndarray) -> np.ndarray:
-        return (Z * self.scale + self.mean).astype(np.float32)
+    def inverse_transform(self, Z: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+        """Expression of z-scores ``Z`` (float32); ``inplace=True`` overwrites a float32 ``Z``."""
+        if not inplace:
+            return (Z * self.scale + self.mean).astype(np.float32)
+        Z *= self.scale
+        Z += self.mean
+        return Z
 
     def state(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale}

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory
+from cellsynth.generators.base import (
+    EpochCallback,
+    Generator,
+    GeneratorError,
+    TrainingHistory,
+    column_mean_std,
+)
 
 _STATE_FILE = "baseline_state.npz"
 #: Cells per block when resampling genes independently (bounds the index matrix's memory).
@@ -63,7 +69,7 @@ class _TrainingCellsBaseline(Generator):
         progress: bool,
         on_epoch: EpochCallback | None,
     ) -> TrainingHistory:
-        self._X = X.copy()
+        self._X = X  # the fit's own copy (Generator.fit): kept, not copied again
         self._labels = labels.copy()
         return TrainingHistory()
 
@@ -179,17 +185,14 @@ class ClassGaussianPCAGenerator(Generator):
     ) -> TrainingHistory:
         from sklearn.decomposition import PCA
 
-        X64 = X.astype(np.float64)
-        gene_mean = X64.mean(axis=0)
-        if self.params.standardize:
-            std = X64.std(axis=0)
-            gene_scale = np.where(std > 1e-8, std, 1.0)
-        else:
-            gene_scale = np.ones(X.shape[1])
-        Z = (X64 - gene_mean) / gene_scale
+        gene_mean, std = column_mean_std(X)
+        gene_scale = np.where(std > 1e-8, std, 1.0) if self.params.standardize else np.ones(X.shape[1])
+        Z = X  # z-scored in place (X is the fit's own copy); the PCA scores are all that is kept
+        Z -= gene_mean.astype(np.float32)
+        Z /= gene_scale.astype(np.float32)
         n_components = min(self.params.n_components, X.shape[0] - 1, X.shape[1])
-        pca = PCA(n_components=n_components, random_state=int(seed) % 2**32).fit(Z)
-        scores = pca.transform(Z)
+        pca = PCA(n_components=n_components, copy=False, random_state=int(seed) % 2**32).fit(Z)
+        scores = pca.transform(Z).astype(np.float64)
         n_types = len(self.cell_types_)
         means = np.zeros((n_types, n_components))
         # Per type a factor L with L @ L.T = covariance (eigen-decomposition: works for the

@@ -154,6 +154,7 @@ from cellsynth.generators.base import (
     GeneratorError,
     Standardizer,
     TrainingHistory,
+    row_blocks,
     smallest_nonzero,
     snap_to_zero,
 )
@@ -165,6 +166,26 @@ SAMPLE_CHUNK = 1024
 
 # ---------------------------------------------------------------------------------------------------
 # Flow building blocks. Every step maps forward(x, context) -> (z, logdet) and inverse(z, context) -> x.
+
+
+class GroupMoments:
+    """Per-group count, sum and sum of squares of feature vectors (float64), accumulated in blocks."""
+
+    def __init__(self, features: int, groups: int):
+        self.counts = torch.zeros(groups, dtype=torch.float64)
+        self.sums = torch.zeros(groups, features, dtype=torch.float64)
+        self.squares = torch.zeros(groups, features, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, one_hot_groups: torch.Tensor | None = None) -> None:
+        """Add the rows of ``x``; ``one_hot_groups`` (rows × groups) assigns them (all to group 0 if
+        ``None``)."""
+        x = x.double()
+        weights = (
+            torch.ones(len(x), 1, dtype=torch.float64) if one_hot_groups is None else (one_hot_groups > 0.5).double()
+        )
+        self.counts += weights.sum(0)
+        self.sums += weights.T @ x
+        self.squares += weights.T @ x.square()
 
 
 class ActNorm(nn.Module):
@@ -196,18 +217,25 @@ class ActNorm(nn.Module):
         A type's mean and variance are shrunk towards those of all cells with a weight of ``prior``
         cells; standard deviations below 0.1 are raised to 0.1.
         """
-        mean_all, var_all = x.mean(0), x.var(0, unbiased=False)
-        groups = [torch.ones(len(x), dtype=torch.bool)] if not self.context_features else [
-            context[:, k] > 0.5 for k in range(self.context_features)
-        ]
-        for row, members in enumerate(groups):
-            n = float(members.sum())
-            xs = x[members] if n else x[:0]
-            mean = (xs.sum(0) + prior * mean_all) / (n + prior)
-            var = (((xs - mean) ** 2).sum(0) + prior * (var_all + (mean_all - mean) ** 2)) / (n + prior)
-            std = var.sqrt().clamp_min(0.1)
-            self.log_scale[row] = -torch.log(std)
-            self.loc[row] = -mean / std
+        moments = GroupMoments(x.shape[1], max(1, self.context_features))
+        moments.add(x, context if self.context_features else None)
+        self.initialize_from(moments, prior)
+
+    @torch.no_grad()
+    def initialize_from(self, moments: GroupMoments, prior: float = 5.0) -> None:
+        """:meth:`initialize` from accumulated per-type moments (data seen in blocks)."""
+        n, sums, squares = moments.counts[:, None], moments.sums, moments.squares
+        total = n.sum()
+        mean_all = sums.sum(0) / total
+        var_all = squares.sum(0) / total - mean_all**2
+        weight = (n + prior).clamp_min(1e-12)
+        mean = (sums + prior * mean_all) / weight
+        # sum over the type's cells of (x - mean)^2, from its moments
+        spread = squares - 2 * mean * sums + n * mean**2
+        var = (spread + prior * (var_all + (mean_all - mean) ** 2)) / weight
+        std = var.clamp_min(0).sqrt().clamp_min(0.1)
+        self.log_scale.copy_(-torch.log(std))
+        self.loc.copy_(-mean / std)
         self.initialized.fill_(True)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -897,10 +925,10 @@ class MOEGenerator(Generator):
     ) -> TrainingHistory:
         p = self.params
         self.conditional = bool(p.conditional)
-        self._standardizer = Standardizer().fit(X)
-        Z = self._standardizer.transform(X)
-        self._bounds = (Z.min(axis=0) - 1.0, Z.max(axis=0) + 1.0)
         self._zero_below = smallest_nonzero(X)  # the support's gap (0, min) per gene
+        self._standardizer = Standardizer().fit(X)
+        Z = self._standardizer.transform(X, inplace=True)  # the fit's one dense copy (X is ours)
+        self._bounds = (Z.min(axis=0) - 1.0, Z.max(axis=0) + 1.0)
         torch.manual_seed(seed)
         flow = self._build(X.shape[1])
         self._flow = flow
@@ -917,8 +945,11 @@ class MOEGenerator(Generator):
             # the per-type ActNorm starts at the per-type z-scores of the (noisy) training part, not
             # of the validation slice
             fit_idx, _ = validation_split(len(Z), p.validation_fraction, seed, labels)
-            z_fit = augment(torch.from_numpy(Z[fit_idx]).to(device), seeded_generator(seed + 2))
-            first.initialize(z_fit, context[fit_idx].to(device))
+            moments, noise = GroupMoments(Z.shape[1], first.context_features), seeded_generator(seed + 2)
+            for rows in row_blocks(len(fit_idx)):  # blocks, not a copy of the training part
+                block = fit_idx[rows]
+                moments.add(augment(torch.from_numpy(Z[block]), noise).cpu(), context[block])
+            first.initialize_from(moments)
 
         def loss_fn(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
             x = x.to(device)
@@ -953,10 +984,11 @@ class MOEGenerator(Generator):
     def _sample(self, labels: np.ndarray, *, seed: int) -> np.ndarray:
         self._flow.eval()
         context = self._context(labels)
-        Z = self._flow.sample(len(labels), context, seeded_generator(seed)).numpy().astype(np.float32)
+        Z = self._flow.sample(len(labels), context, seeded_generator(seed)).numpy().astype(np.float32, copy=False)
         low, high = self._bounds
-        Z = np.clip(np.nan_to_num(Z, nan=0.0, posinf=np.inf, neginf=-np.inf), low, high)
-        X = self._standardizer.inverse_transform(Z)
+        # in place: the sampled matrix is the only copy
+        np.clip(np.nan_to_num(Z, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf), low, high, out=Z)
+        X = self._standardizer.inverse_transform(Z, inplace=True)
         if self.params.snap_zeros and self.nonnegative_:
             # the training data has no value in (0, smallest non-zero value of the gene): mass the
             # (noise-smoothed) flow puts there is the zero atom
