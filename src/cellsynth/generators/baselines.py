@@ -32,6 +32,7 @@ from cellsynth.generators.base import (
     GeneratorError,
     TrainingHistory,
     column_mean_std,
+    row_blocks,
 )
 
 _STATE_FILE = "baseline_state.npz"
@@ -224,8 +225,10 @@ class ClassGaussianPCAGenerator(Generator):
             positions = np.flatnonzero(labels == code)
             noise = rng.standard_normal((len(positions), n_components))
             scores[positions] = s["type_means"][code] + noise @ s["type_factors"][code].T
-        Z = scores @ s["components"] + s["pca_mean"]
-        return (Z * s["gene_scale"] + s["gene_mean"]).astype(np.float32)
+        X = np.empty((len(labels), s["components"].shape[1]), dtype=np.float32)
+        for rows in row_blocks(len(X)):  # float64 temporaries of one block, not of all cells
+            X[rows] = (scores[rows] @ s["components"] + s["pca_mean"]) * s["gene_scale"] + s["gene_mean"]
+        return X
 
     def _save_state(self, directory: Path) -> None:
         np.savez_compressed(directory / _STATE_FILE, **self._state)

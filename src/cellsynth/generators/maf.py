@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -302,6 +303,10 @@ class MAFGenerator(Generator):
                 c = one_hot(codes, len(self.cell_types_)).to(device) if self.conditional else None
                 W = self._draw(len(codes), c).cpu().numpy()
                 X[start : start + len(codes)] = self._prep.inverse_transform(W, codes)
+                # zuko's flow and distribution objects form reference cycles that keep a chunk's
+                # intermediate tensors alive until the collector runs: without this, RSS grew by
+                # 0.37 GiB per 2048-cell chunk (2000 genes) up to ~2.7 GiB
+                gc.collect(0)
         if self.params.snap_zeros and self.nonnegative_:
             snap_to_zero(X, self._zero_below)
         return X
@@ -544,8 +549,9 @@ def _group_means(X: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray
 
 def _shift_rows(X: np.ndarray, shifts: np.ndarray, codes: np.ndarray) -> None:
     """``X[i] += shifts[codes[i]]`` in place, a row block at a time."""
+    shifts = shifts.astype(np.float32)
     for rows in row_blocks(len(X)):
-        X[rows] += shifts[codes[rows]].astype(np.float32)
+        X[rows] += shifts[codes[rows]]
 
 
 @contextlib.contextmanager
