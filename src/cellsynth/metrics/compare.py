@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cellsynth.metrics.beyond import c2st_auc, knn_precision_recall, memorization_score, mmd_unbiased
-from cellsynth.metrics.paper import PAPER_GAMMAS, _pair, cd, mmd_biased, wd
+from cellsynth.metrics.beyond import c2st_auc, knn_precision_recall, memorization_score
+from cellsynth.metrics.paper import PAPER_GAMMAS, _check_gammas, _pair, cd, mmd_from_sums, mmd_kernel_sums, wd
 
 __all__ = ["METRIC_DIRECTIONS", "METRIC_TARGETS", "compare", "compare_by_type", "metric_direction"]
 
@@ -109,11 +109,15 @@ def compare(
     dict[str, float]
     """
     reference, candidate = _pair(reference, candidate)
+    if len(reference) < 2 or len(candidate) < 2:
+        raise ValueError("mmd_unbiased needs at least 2 cells in each set")
+    kernel_sums = mmd_kernel_sums(reference, candidate, _check_gammas(gammas))  # once for both MMDs
+    n, m = len(reference), len(candidate)
     out = {
         "wd": wd(reference, candidate),
         "cd": cd(reference, candidate),
-        "mmd": mmd_biased(reference, candidate, gammas),
-        "mmd_unbiased": mmd_unbiased(reference, candidate, gammas),
+        "mmd": mmd_from_sums(kernel_sums, n, m, unbiased=False),
+        "mmd_unbiased": mmd_from_sums(kernel_sums, n, m, unbiased=True),
     }
     if c2st:
         out["c2st_auc"] = c2st_auc(

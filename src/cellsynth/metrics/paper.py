@@ -93,19 +93,46 @@ def cd(a, b) -> float:
 
 
 def _kernel_sums(a: np.ndarray, b: np.ndarray, gammas: Sequence[float]) -> np.ndarray:
-    """``[Σ_ij exp(-γ‖a_i − b_j‖²) for γ in gammas]``, computed block by block (never the full kernel)."""
+    """``[Σ_ij exp(-γ‖a_i − b_j‖²) for γ in gammas]``, computed block by block (never the full kernel).
+
+    With ``b is a`` only the blocks on and above the diagonal are computed (the kernel is
+    symmetric): half the work.
+    """
     gammas = np.asarray(gammas, dtype=np.float64)
+    symmetric = b is a
     sq_a = np.einsum("ij,ij->i", a, a)
-    sq_b = np.einsum("ij,ij->i", b, b)
+    sq_b = sq_a if symmetric else np.einsum("ij,ij->i", b, b)
     rows = max(1, _BLOCK_ENTRIES // max(1, len(b)))
     sums = np.zeros(len(gammas))
     for start in range(0, len(a), rows):
-        block = a[start : start + rows]
-        d2 = sq_a[start : start + rows, None] + sq_b[None, :] - 2.0 * (block @ b.T)
+        stop = min(start + rows, len(a))
+        first = start if symmetric else 0  # symmetric: columns left of the block were done as rows
+        d2 = sq_a[start:stop, None] + sq_b[None, first:] - 2.0 * (a[start:stop] @ b[first:].T)
         np.maximum(d2, 0.0, out=d2)
         for g, gamma in enumerate(gammas):
-            sums[g] += np.exp(-gamma * d2).sum()
+            kernel = np.exp(-gamma * d2)
+            if symmetric:  # the square on the diagonal once, the blocks right of it for both halves
+                sums[g] += kernel[:, : stop - start].sum() + 2.0 * kernel[:, stop - start :].sum()
+            else:
+                sums[g] += kernel.sum()
     return sums
+
+
+def mmd_kernel_sums(a: np.ndarray, b: np.ndarray, gammas: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Σ k(a, a), Σ k(b, b), Σ k(a, b))`` per gamma: what both MMD estimators are made of, so that
+    :func:`~cellsynth.metrics.compare` computes the kernels once for the two."""
+    return _kernel_sums(a, a, gammas), _kernel_sums(b, b, gammas), _kernel_sums(a, b, gammas)
+
+
+def mmd_from_sums(sums: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, m: int, *, unbiased: bool) -> float:
+    """The biased (V) or unbiased (U) squared MMD, averaged over gammas, from :func:`mmd_kernel_sums`.
+
+    The unbiased form drops the kernel diagonals, ``exp(0) = 1`` for every gamma.
+    """
+    kxx, kyy, kxy = sums
+    if unbiased:
+        return float(np.mean((kxx - n) / (n * (n - 1)) + (kyy - m) / (m * (m - 1)) - 2.0 * kxy / (n * m)))
+    return float(np.mean(kxx / (n * n) + kyy / (m * m) - 2.0 * kxy / (n * m)))
 
 
 def _check_gammas(gammas: Sequence[float]) -> tuple[float, ...]:
@@ -140,11 +167,7 @@ def mmd_biased(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> float:
     """
     a, b = _pair(a, b)
     gammas = _check_gammas(gammas)
-    n, m = len(a), len(b)
-    kxx = _kernel_sums(a, a, gammas) / (n * n)
-    kyy = _kernel_sums(b, b, gammas) / (m * m)
-    kxy = _kernel_sums(a, b, gammas) / (n * m)
-    return float(np.mean(kxx + kyy - 2.0 * kxy))
+    return mmd_from_sums(mmd_kernel_sums(a, b, gammas), len(a), len(b), unbiased=False)
 
 
 def paper_metrics(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> dict[str, float]:
