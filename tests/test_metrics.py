@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from scipy.stats import wasserstein_distance
@@ -284,3 +285,32 @@ def test_upsample_counts_q3():
     labels = ["a"] * 100 + ["b"] * 40 + ["c"] * 10 + ["d"] * 5
     # counts [100, 40, 10, 5]; quantile 0.75 'nearest' -> 40
     assert M.upsample_counts(labels) == {"c": 30, "d": 35}
+
+
+def test_mmd_cap_subsamples_only_the_mmd_of_large_sets():
+    from cellsynth.metrics import cd, mmd_biased, paper_metrics, wd
+    from cellsynth.metrics.paper import mmd_subsample
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 5)), rng.normal(0.2, 1.0, size=(120, 5))
+    assert paper_metrics(a, b, mmd_max_cells=300) == paper_metrics(a, b)  # no set above the cap
+    capped = paper_metrics(a, b, mmd_max_cells=100, seed=3)
+    a_cut, b_cut = mmd_subsample(a, b, 100, 3)
+    assert (len(a_cut), len(b_cut)) == (100, 100)
+    assert capped["mmd"] == pytest.approx(mmd_biased(a_cut, b_cut))
+    assert capped["mmd"] != pytest.approx(mmd_biased(a, b))
+    assert (capped["wd"], capped["cd"]) == (wd(a, b), cd(a, b))  # every cell
+    with pytest.raises(ValueError, match="mmd_max_cells"):
+        paper_metrics(a, b, mmd_max_cells=1)
+
+
+def test_paper_only_per_type_measure_equals_the_paper_columns_of_compare():
+    from cellsynth.metrics import compare_by_type, paper_metrics
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(90, 4)), rng.normal(size=(80, 4))
+    la, lb = np.repeat(["x", "y", "z"], 30), np.repeat(["x", "y"], 40)
+    full = compare_by_type(a, la, b, lb, min_cells=20, c2st=False)
+    paper = compare_by_type(a, la, b, lb, min_cells=20, measure=paper_metrics)
+    assert list(paper.columns) == ["cell_type", "n_reference", "n_candidate", "wd", "cd", "mmd"]
+    pd.testing.assert_frame_equal(paper, full[paper.columns])

@@ -102,6 +102,9 @@ class EvaluationSettings:
         Whether to compute the per-cell-type rows.
     utility_n_estimators, utility_n_jobs :
         Random forest of the classification utility.
+    mmd_max_cells : int or None
+        The MMDs (quadratic in cells) of a set larger than this use a seeded subsample of it; WD, CD
+        and the other metrics use every cell. ``None``: always all cells.
     """
 
     seed: int = 0
@@ -115,6 +118,7 @@ class EvaluationSettings:
     per_type: bool = True
     utility_n_estimators: int = 100
     utility_n_jobs: int | None = None
+    mmd_max_cells: int | None = 20_000
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> EvaluationSettings:
@@ -135,6 +139,7 @@ class EvaluationSettings:
             per_type=bool(params.get("per_type", defaults.per_type)),
             utility_n_estimators=int(utility.get("n_estimators", defaults.utility_n_estimators)),
             utility_n_jobs=utility.get("n_jobs", defaults.utility_n_jobs),
+            mmd_max_cells=_optional_int(params.get("mmd_max_cells", defaults.mmd_max_cells)),
         )
 
     def compare_kwargs(self) -> dict[str, Any]:
@@ -146,7 +151,16 @@ class EvaluationSettings:
             "classifier": self.c2st_classifier,
             "n_splits": self.c2st_n_splits,
             "n_threads": self.n_threads,
+            "mmd_max_cells": self.mmd_max_cells,
         }
+
+    def paper_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`cellsynth.metrics.paper_metrics` for these settings."""
+        return {"mmd_max_cells": self.mmd_max_cells, "seed": self.seed}
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 # ----------------------------------------------------------------------------- long-format helpers
@@ -351,9 +365,17 @@ def _matched_subsample_any(synthetic: AnnData, target_counts: Mapping[str, int],
 
 
 # ----------------------------------------------------------------------------- metrics
-def _paper_rows(reference: np.ndarray, candidate: np.ndarray, **key: Any) -> list[dict[str, Any]]:
+def _paper_rows(reference: np.ndarray, candidate: np.ndarray, settings: EvaluationSettings,
+                **key: Any) -> list[dict[str, Any]]:
     counts = {"n_cells_reference": len(reference), "n_cells_compared": len(candidate)}
-    return _rows({**paper_metrics(reference, candidate), **counts}, **key)
+    return _rows({**paper_metrics(reference, candidate, **settings.paper_kwargs()), **counts}, **key)
+
+
+def _paper_by_type(reference: np.ndarray, reference_labels: np.ndarray, candidate: np.ndarray,
+                   candidate_labels: np.ndarray, settings: EvaluationSettings) -> pd.DataFrame:
+    """The paper's metrics per cell type (only those: the rest of :func:`compare` would be discarded)."""
+    return compare_by_type(reference, reference_labels, candidate, candidate_labels,
+                           min_cells=settings.min_cells_per_type, measure=paper_metrics, **settings.paper_kwargs())
 
 
 def _honest_rows(reference: np.ndarray, candidate: np.ndarray, z_train: np.ndarray,
@@ -384,12 +406,11 @@ def real_metrics(
     y_train, y_test = cell_labels(train), cell_labels(test)
     idx_a, idx_b = halves_from_split(split, test)
     key = {"dataset": dataset, "fold": fold}
-    rows = _paper_rows(z_test, z_train, generator=REAL_TRAIN_VS_TEST, protocol=PAPER, **key)
-    rows += _paper_rows(z_test, z_train, generator=REAL_TRAIN_VS_TEST, protocol=PAPER_UPSAMPLE, **key)
+    rows = _paper_rows(z_test, z_train, settings, generator=REAL_TRAIN_VS_TEST, protocol=PAPER, **key)
+    rows += [{**row, "protocol": PAPER_UPSAMPLE} for row in rows]  # the same comparison, both tables
     rows += _honest_rows(z_test[idx_a], z_test[idx_b], z_train, settings, generator=FLOOR, protocol=HONEST, **key)
     if settings.per_type and y_test is not None and y_train is not None:
-        by_type = compare_by_type(z_test, y_test, z_train, y_train, min_cells=settings.min_cells_per_type,
-                                  **{**settings.compare_kwargs(), "c2st": False})
+        by_type = _paper_by_type(z_test, y_test, z_train, y_train, settings)
         rows += _per_type_rows(by_type, PAPER_METRICS, generator=REAL_TRAIN_VS_TEST, protocol=PAPER, **key)
         by_type = compare_by_type(z_test[idx_a], y_test[idx_a], z_test[idx_b], y_test[idx_b],
                                   min_cells=settings.min_cells_per_type, train=z_train, **settings.compare_kwargs())
@@ -464,12 +485,12 @@ def generator_metrics(
     y_test, y_synth = cell_labels(test), cell_labels(matched)
     idx_a, idx_b = halves_from_split(split, test)
 
-    rows += _paper_rows(z_test, z_synth, protocol=PAPER, **key)
+    rows += _paper_rows(z_test, z_synth, settings, protocol=PAPER, **key)
     if upsample is not None and upsample.n_obs:
         extra, dropped = without_nonfinite(upsample, f"{generator} upsample")
         rows += _rows({"nonfinite_cells_upsample": dropped}, protocol=RUN, **key)
         z_up = project(space, extra)
-        rows += _paper_rows(z_test, np.vstack([z_train, z_up]), protocol=PAPER_UPSAMPLE, **key)
+        rows += _paper_rows(z_test, np.vstack([z_train, z_up]), settings, protocol=PAPER_UPSAMPLE, **key)
 
     b_counts = pd.Series(y_test[idx_b]).value_counts().to_dict()
     chosen = _matched_subsample_any(matched, b_counts, settings.seed)
@@ -477,8 +498,7 @@ def generator_metrics(
     rows += _honest_rows(z_test[idx_a], z_sample, z_train, settings, protocol=HONEST, **key)
 
     if settings.per_type and y_synth is not None:
-        by_type = compare_by_type(z_test, y_test, z_synth, y_synth, min_cells=settings.min_cells_per_type,
-                                  **{**settings.compare_kwargs(), "c2st": False})
+        by_type = _paper_by_type(z_test, y_test, z_synth, y_synth, settings)
         rows += _per_type_rows(by_type, PAPER_METRICS, protocol=PAPER, **key)
         by_type = compare_by_type(z_test[idx_a], y_test[idx_a], z_sample, y_synth[chosen],
                                   min_cells=settings.min_cells_per_type, train=z_train, **settings.compare_kwargs())

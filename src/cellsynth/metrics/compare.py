@@ -12,13 +12,22 @@ fitted on the fold's real training cells) for
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cellsynth.metrics.beyond import c2st_auc, knn_precision_recall, memorization_score
-from cellsynth.metrics.paper import PAPER_GAMMAS, _check_gammas, _pair, cd, mmd_from_sums, mmd_kernel_sums, wd
+from cellsynth.metrics.paper import (
+    PAPER_GAMMAS,
+    _check_gammas,
+    _pair,
+    cd,
+    mmd_from_sums,
+    mmd_kernel_sums,
+    mmd_subsample,
+    wd,
+)
 
 __all__ = ["METRIC_DIRECTIONS", "METRIC_TARGETS", "compare", "compare_by_type", "metric_direction"]
 
@@ -71,6 +80,7 @@ def compare(
     classifier: str = "hist_gb",
     n_splits: int = 5,
     n_threads: int | None = 1,
+    mmd_max_cells: int | None = None,
 ) -> dict[str, float]:
     """Every distribution metric between a real ``reference`` set and a ``candidate`` set.
 
@@ -103,6 +113,9 @@ def compare(
         RBF coefficients for both MMDs.
     c2st, classifier, n_splits, n_threads :
         Whether and how to run the classifier two-sample test (see :func:`c2st_auc`).
+    mmd_max_cells : int, optional
+        Both MMDs of a set larger than this use a seeded subsample of it
+        (:func:`~cellsynth.metrics.paper.mmd_subsample`); every other metric uses all cells.
 
     Returns
     -------
@@ -111,8 +124,9 @@ def compare(
     reference, candidate = _pair(reference, candidate)
     if len(reference) < 2 or len(candidate) < 2:
         raise ValueError("mmd_unbiased needs at least 2 cells in each set")
-    kernel_sums = mmd_kernel_sums(reference, candidate, _check_gammas(gammas))  # once for both MMDs
-    n, m = len(reference), len(candidate)
+    ref_mmd, cand_mmd = mmd_subsample(reference, candidate, mmd_max_cells, seed)
+    kernel_sums = mmd_kernel_sums(ref_mmd, cand_mmd, _check_gammas(gammas))  # once for both MMDs
+    n, m = len(ref_mmd), len(cand_mmd)
     out = {
         "wd": wd(reference, candidate),
         "cd": cd(reference, candidate),
@@ -141,6 +155,7 @@ def compare_by_type(
     train=None,
     holdout=None,
     holdout_labels=None,
+    measure: Callable[..., Mapping[str, float]] | None = None,
     **kwargs,
 ) -> pd.DataFrame:
     """:func:`compare` within each cell type that has at least ``min_cells`` cells on both sides.
@@ -150,6 +165,9 @@ def compare_by_type(
     arguments, e.g. ``seed``). For the memorisation score the candidate cells of the type are measured
     against *all* training cells (copying any training cell counts), relative to the held-out cells of
     the same type (``holdout``/``holdout_labels``, default the reference cells of that type).
+    ``measure(reference_cells, candidate_cells, **kwargs)`` replaces :func:`compare` when given
+    (e.g. :func:`~cellsynth.metrics.paper_metrics`, when only the paper's metrics are wanted:
+    ``train`` and ``holdout`` are then unused).
 
     Returns
     -------
@@ -180,7 +198,10 @@ def compare_by_type(
         hold_t = None if holdout is None else holdout[hold_labels == cell_type]
         if hold_t is not None and len(hold_t) == 0:
             hold_t = None
-        metrics = compare(ref_t, candidate[cand_labels == cell_type], train=train, holdout=hold_t, **kwargs)
+        if measure is None:
+            metrics = compare(ref_t, candidate[cand_labels == cell_type], train=train, holdout=hold_t, **kwargs)
+        else:
+            metrics = measure(ref_t, candidate[cand_labels == cell_type], **kwargs)
         rows.append(
             {
                 "cell_type": cell_type,

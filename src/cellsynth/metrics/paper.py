@@ -170,10 +170,34 @@ def mmd_biased(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> float:
     return mmd_from_sums(mmd_kernel_sums(a, b, gammas), len(a), len(b), unbiased=False)
 
 
-def paper_metrics(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> dict[str, float]:
+def paper_metrics(
+    a, b, gammas: Sequence[float] = PAPER_GAMMAS, *, mmd_max_cells: int | None = None, seed: int = 0
+) -> dict[str, float]:
     """The paper's three metrics at once: ``{"wd": wd(a, b), "cd": cd(a, b), "mmd": mmd_biased(a, b)}``.
 
     All lower-is-better. ``a`` is conventionally the real reference set, ``b`` the compared set (the
-    metrics are symmetric).
+    metrics are symmetric). With ``mmd_max_cells``, the MMD of a set larger than that uses a seeded
+    subsample of it (:func:`mmd_subsample`); WD and CD always use every cell.
     """
-    return {"wd": wd(a, b), "cd": cd(a, b), "mmd": mmd_biased(a, b, gammas)}
+    a, b = _pair(a, b)
+    a_mmd, b_mmd = mmd_subsample(a, b, mmd_max_cells, seed)
+    return {"wd": wd(a, b), "cd": cd(a, b), "mmd": mmd_biased(a_mmd, b_mmd, gammas)}
+
+
+def mmd_subsample(a: np.ndarray, b: np.ndarray, max_cells: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b``, each cut to a seeded random ``max_cells`` rows (kept in order) if larger.
+
+    The MMDs cost O((n + m)²) kernel evaluations: 40,000 training vs 10,000 test cells (a 50k-cell
+    dataset's "train vs test") are 1.25e9 per gamma. Above ``max_cells`` the estimate from a
+    subsample is used; ``None`` keeps every cell.
+    """
+    if max_cells is None:
+        return a, b
+    if max_cells < 2:
+        raise ValueError(f"mmd_max_cells must be None or >= 2, got {max_cells}")
+    rng = np.random.default_rng(seed)
+
+    def cut(x: np.ndarray) -> np.ndarray:
+        return x if len(x) <= max_cells else x[np.sort(rng.choice(len(x), max_cells, replace=False))]
+
+    return cut(a), cut(b)
