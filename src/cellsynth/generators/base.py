@@ -118,7 +118,9 @@ def column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def snap_to_zero(X: np.ndarray, smallest: np.ndarray) -> np.ndarray:
     """Set every value of ``X`` below its gene's ``smallest`` non-zero training value to 0 (in place)."""
-    X[smallest > X] = 0.0
+    for rows in row_blocks(len(X)):  # a block's mask at a time, not one of the whole matrix
+        block = X[rows]
+        block[smallest > block] = 0.0
     return X
 
 
@@ -370,7 +372,7 @@ class Generator(ABC):
         if adata.n_obs < 2 or adata.n_vars < 1:
             raise GeneratorError(f"{self.name}: need at least 2 cells and 1 gene, got {adata.shape}")
         X = dense_float32(adata.X, copy=True)  # the fit's own copy (see the module docstring)
-        if not np.isfinite(X).all():
+        if not all(np.isfinite(X[rows]).all() for rows in row_blocks(len(X))):
             raise GeneratorError(f"{self.name}: the expression matrix holds NaN or infinite values")
         raw_labels = adata.obs[self.label_key]
         if raw_labels.isna().any():
