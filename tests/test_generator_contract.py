@@ -93,3 +93,10 @@ def test_sparse_input_gives_the_cells_of_the_dense_input(name, adata):
         cells[kind] = model.sample(10, cell_types={"type_1": 10}, seed=2).X
     assert (before != sparse.X).nnz == 0
     np.testing.assert_allclose(cells["sparse"], cells["dense"], rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_expression_is_a_clear_error(adata):
+    bad = adata.copy()
+    bad.X[1500 // adata.n_vars, 3] = np.nan  # one value, beyond the first row block's first row
+    with pytest.raises(GeneratorError, match="NaN or infinite"):
+        GENERATORS["smote"](label_key="cell_type").fit(bad, seed=0, progress=False)
