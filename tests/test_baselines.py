@@ -158,3 +158,19 @@ def test_smote_small_types_fall_back_instead_of_crashing(tiny_adata_factory, cap
     assert synth.n_obs == 6 and np.isfinite(synth.X).all()
     np.testing.assert_allclose(synth.X[-2:], np.repeat(adata.X[3:4], 2, axis=0))
     assert "using k_neighbors=2" in caplog.text and "copies of it" in caplog.text
+
+
+def test_class_gaussian_pca_keeps_type_means_with_more_genes_than_the_svd_overwrites():
+    """700 genes, 10 components: sklearn picks an SVD that may overwrite its input in place
+    (``copy=False``); the scores must come from the fit itself, or every type's mean drifts."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 200)
+    rates = np.where(labels == "a", 1.0, 3.0)[:, None] * rng.gamma(1.0, 1.0, size=(1, 700))
+    X = np.log1p(rng.poisson(rates)).astype(np.float32)
+    adata = AnnData(X=X, obs=pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=[f"c{i}" for i in range(400)]))
+    model = ClassGaussianPCAGenerator(n_components=10)
+    model.fit(adata, seed=0, progress=False)
+    synth = model.sample(400, cell_types={"a": 200, "b": 200}, seed=0)
+    for cell_type in ("a", "b"):
+        error = np.abs(synth.X[_labels(synth) == cell_type].mean(0) - X[labels == cell_type].mean(0))
+        assert error.max() < 0.15  # 0.44-1.46 when the overwritten matrix was projected

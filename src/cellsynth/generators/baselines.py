@@ -192,8 +192,9 @@ class ClassGaussianPCAGenerator(Generator):
         Z -= gene_mean.astype(np.float32)
         Z /= gene_scale.astype(np.float32)
         n_components = min(self.params.n_components, X.shape[0] - 1, X.shape[1])
-        pca = PCA(n_components=n_components, copy=False, random_state=int(seed) % 2**32).fit(Z)
-        scores = pca.transform(Z).astype(np.float64)
+        pca = PCA(n_components=n_components, copy=False, random_state=int(seed) % 2**32)
+        # fit_transform, not fit then transform: with copy=False the SVD may overwrite Z
+        scores = pca.fit_transform(Z).astype(np.float64)
         n_types = len(self.cell_types_)
         means = np.zeros((n_types, n_components))
         # Per type a factor L with L @ L.T = covariance (eigen-decomposition: works for the
