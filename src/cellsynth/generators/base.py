@@ -82,7 +82,7 @@ def dense_float32(matrix: Any, *, copy: bool = False) -> np.ndarray:
     """``matrix`` as a C-contiguous dense float32 array: one copy at most, always a new array with
     ``copy=True`` (a sparse matrix is densified once, without a float64 intermediate)."""
     if sp.issparse(matrix):
-        return np.ascontiguousarray(matrix.astype(np.float32).toarray())
+        return np.ascontiguousarray(matrix.astype(np.float32, copy=False).toarray())
     return np.asarray(matrix, dtype=np.float32, order="C", copy=True if copy else None)
 
 
