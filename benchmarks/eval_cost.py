@@ -93,8 +93,11 @@ def main() -> None:
     parser.add_argument("--generator", default="maf")
     parser.add_argument("--large", type=int, nargs="*", default=[])
     parser.add_argument("--skip-pbmc3k", action="store_true")
-    parser.add_argument("--mmd-max-cells", type=lambda v: None if v == "none" else int(v), default=20_000,
-                        help="the evaluation's MMD cap for --large (default 20000, as shipped; 'none': all cells)")
+    from cellsynth.evaluation import EvaluationSettings
+
+    parser.add_argument("--mmd-max-cells", type=lambda v: None if v == "none" else int(v),
+                        default=EvaluationSettings().mmd_max_cells,
+                        help="the evaluation's MMD cap for --large (default: as shipped; 'none': all cells)")
     args = parser.parse_args()
     import pandas as pd
 

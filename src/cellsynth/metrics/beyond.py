@@ -20,7 +20,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from cellsynth.metrics.paper import PAPER_GAMMAS, _check_gammas, _pair, mmd_from_sums, mmd_kernel_sums
+from cellsynth.metrics.paper import (
+    PAPER_GAMMAS,
+    _check_gammas,
+    _pair,
+    mmd_from_sums,
+    mmd_kernel_sums,
+    squared_distance_block,
+)
 
 __all__ = [
     "Memorization",
@@ -40,23 +47,15 @@ def _blockwise(
     queries: np.ndarray, reference: np.ndarray, reduce: Callable[[np.ndarray, slice], np.ndarray]
 ) -> np.ndarray:
     """Apply ``reduce(squared_distances_block, row_slice)`` to squared Euclidean distance blocks
-    between ``queries`` and ``reference`` and concatenate the per-row results.
-
-    Distances are ``‖q‖² + ‖r‖² − 2 q·r`` (a BLAS matrix product, clamped at 0): about 5× faster
-    than ``scipy.spatial.distance.cdist`` in 50 dimensions, and equal to it within float64
-    rounding relative to the squared norms (~1e-12 here).
-    """
+    between ``queries`` and ``reference`` (:func:`~cellsynth.metrics.paper.squared_distance_block`)
+    and concatenate the per-row results."""
     rows = max(1, _BLOCK_ENTRIES // max(1, len(reference)))
+    sq_queries = np.einsum("ij,ij->i", queries, queries)
     sq_reference = np.einsum("ij,ij->i", reference, reference)
     out = []
     for start in range(0, len(queries), rows):
         rows_slice = slice(start, min(start + rows, len(queries)))
-        block = queries[rows_slice]
-        d2 = block @ reference.T
-        d2 *= -2.0
-        d2 += np.einsum("ij,ij->i", block, block)[:, None]
-        d2 += sq_reference[None, :]
-        np.maximum(d2, 0.0, out=d2)
+        d2 = squared_distance_block(queries[rows_slice], reference, sq_queries[rows_slice], sq_reference)
         out.append(reduce(d2, rows_slice))
     return np.concatenate(out)
 
@@ -104,10 +103,7 @@ def mmd_unbiased(a, b, gammas: Sequence[float] = PAPER_GAMMAS) -> float:
     """
     a, b = _pair(a, b)
     gammas = _check_gammas(gammas)
-    n, m = len(a), len(b)
-    if n < 2 or m < 2:
-        raise ValueError("mmd_unbiased needs at least 2 cells in each set")
-    return mmd_from_sums(mmd_kernel_sums(a, b, gammas), n, m, unbiased=True)
+    return mmd_from_sums(mmd_kernel_sums(a, b, gammas), len(a), len(b), unbiased=True)
 
 
 def _make_classifier(classifier: str, seed: int):

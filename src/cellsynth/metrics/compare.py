@@ -122,8 +122,6 @@ def compare(
     dict[str, float]
     """
     reference, candidate = _pair(reference, candidate)
-    if len(reference) < 2 or len(candidate) < 2:
-        raise ValueError("mmd_unbiased needs at least 2 cells in each set")
     ref_mmd, cand_mmd = mmd_subsample(reference, candidate, mmd_max_cells, seed)
     kernel_sums = mmd_kernel_sums(ref_mmd, cand_mmd, _check_gammas(gammas))  # once for both MMDs
     n, m = len(ref_mmd), len(cand_mmd)
