@@ -175,7 +175,8 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
         assert child.info.status == "FINISHED"
         assert "fit_seconds" in child.data.metrics
         cells = ad.read_h5ad(distributed / "data/07_model_output" / GENERATOR / f"fold_{fold}" / "synthetic.h5ad")
-        assert cells.uns["cellsynth"]["mlflow_run_id"] == child.info.run_id
+        assert child.data.tags["cellsynth.namespace"] == f"{GENERATOR}.fold_{fold}"
+        assert "mlflow_run_id" not in cells.uns["cellsynth"]  # no run id inside the scientific output
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["checkpoint"]
 
 
@@ -291,16 +292,20 @@ def test_a_worker_without_the_project_folder_says_it_must_be_shared(tmp_path):
         _bootstrap(_WorkerSpec(None, None, str(tmp_path / "not-mounted-here"), {}))
 
 
-def test_attached_run_context_overrides_the_environment_in_this_thread_only(monkeypatch):
-    from cellsynth import tracking
+def test_attached_run_context_overrides_the_process_run_in_this_thread_only(monkeypatch):
+    import threading
 
-    monkeypatch.setenv(tracking.PARENT_RUN_ENV, "stale-parent")
-    monkeypatch.setenv(tracking.TRACKING_URI_ENV, "sqlite:///nowhere.db")
-    monkeypatch.setenv(tracking.EXPERIMENT_ENV, "1")
-    context = {tracking.PARENT_RUN_ENV: "parent-of-the-driver", tracking.TRACKING_URI_ENV: "http://127.0.0.1:1",
-               tracking.EXPERIMENT_ENV: "7"}
-    with tracking.attached_run(context):
-        assert tracking.run_context() == context and tracking.parent_run_id() == "parent-of-the-driver"
-    assert tracking.parent_run_id() == "stale-parent"
-    with tracking.attached_run({}), tracking.child_run("no tracking in the driver") as run:  # stale env ignored
-        assert run.run_id is None
+    from cellsynth.tracking import runs
+
+    monkeypatch.setattr(runs, "_process_run", runs.ActiveRun("sqlite:///nowhere.db", "1", "driver-run"))
+    context = {"tracking_uri": "http://127.0.0.1:1", "experiment_id": "7", "run_id": "parent-of-the-driver"}
+    seen = {}
+    with runs.attached_run(context):
+        assert runs.run_context() == context and runs.parent_run_id() == "parent-of-the-driver"
+        other = threading.Thread(target=lambda: seen.update(run=runs.parent_run_id()))
+        other.start()
+        other.join()
+    assert seen["run"] == "driver-run"  # another thread keeps the process's run
+    assert runs.parent_run_id() == "driver-run"
+    with runs.attached_run({}):  # tracking off in the driver: off on the worker too
+        assert runs.active_run() is None and runs.child_run_id("maf.fold_0", {}) is None

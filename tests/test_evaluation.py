@@ -10,9 +10,10 @@ import pytest
 from anndata import AnnData
 
 from cellsynth import evaluation as ev
+from cellsynth.config import EvaluationSettings, UtilitySettings
 from cellsynth.evaluation.protocol import COUNT_METRICS, RATIO_SUFFIX
 
-SETTINGS = ev.EvaluationSettings(seed=0, n_pca=10, min_cells_per_type=20, utility_n_estimators=20)
+SETTINGS = EvaluationSettings(seed=0, n_pca=10, min_cells_per_type=20, utility=UtilitySettings(n_estimators=20))
 
 
 def synthetic_from(matrix: np.ndarray, labels, name: str, var_names) -> AnnData:

@@ -8,18 +8,23 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from cellsynth.generators.modes import q3_upsample_counts
-from cellsynth.pipelines.generation.nodes import build_generator, cells_to_generate
+from cellsynth.generators import q3_upsample_counts
+from cellsynth.pipelines.generation.nodes import build_generator, plan_generation
 from cellsynth.pipelines.generation.pipeline import create_pipeline
 from cellsynth.run_matrix import RunMatrix
 from conftest import RAW_DATA
 from kedro_helpers import make_project_copy, run_session
 
 
-def test_one_namespace_per_generator_and_fold():
+def test_one_namespace_per_generator_and_fold_and_no_generator_reads_the_test_cells():
     pipe = create_pipeline(RunMatrix(folds=(0, 2), generators=("maf", "train_copy")))
-    assert sorted(n.namespace for n in pipe.nodes) == ["maf.fold_0", "maf.fold_2", "train_copy.fold_0", "train_copy.fold_2"]
+    generator_nodes = [n for n in pipe.nodes if n.namespace not in ("fold_0", "fold_2")]
+    assert sorted(n.namespace for n in generator_nodes) == ["maf.fold_0", "maf.fold_2", "train_copy.fold_0",
+                                                             "train_copy.fold_2"]
     assert "maf.fold_2.synthetic" in pipe.outputs() and "fold_2.train" in pipe.inputs()
+    assert not any(name.endswith(".test") for n in generator_nodes for name in n.inputs)
+    assert [n.inputs for n in pipe.nodes if n.namespace == "fold_2"] == [
+        ["fold_2.train", "fold_2.test", "params:generation"]]
 
 
 def test_upsample_counts_follow_the_q3_rule(tiny_adata_factory):
@@ -28,13 +33,13 @@ def test_upsample_counts_follow_the_q3_rule(tiny_adata_factory):
     labels = np.repeat([f"type_{i}" for i in range(4)], sizes)
     train = train[:100].copy()
     train.obs["cell_type"] = pd.Categorical(labels)
-    counts = cells_to_generate(train, train[:7], "upsample", seed=0)
+    plan = plan_generation(train, train[:7], {"seed": 0}, fold=0)
+    counts = plan["upsample"]
     q3 = int(np.quantile(sizes, 0.75, method="nearest"))
     assert q3 == 30
     assert {k: v for k, v in counts.items() if v} == {"type_0": 20, "type_1": 10}
     assert counts == q3_upsample_counts(dict(zip([f"type_{i}" for i in range(4)], sizes, strict=True)))
-    matched = cells_to_generate(train, train[:7], "matched", seed=0)
-    assert sum(matched.values()) == 7
+    assert sum(plan["matched"].values()) == 7
 
 
 def test_unconditional_preset_with_one_model_is_a_clear_error():
@@ -81,7 +86,8 @@ def test_generation_runs_one_generator_and_fold_end_to_end(project):
     parent = next(r for r in runs if r.info.run_id == child.data.tags["mlflow.parentRunId"])
     assert parent.data.params["splitting.n_top_genes"] == "100"
     assert child.data.params["hp.hidden_features"] == "32"
-    assert synthetic.uns["cellsynth"]["mlflow_run_id"] == child.info.run_id
+    assert child.data.tags["cellsynth.namespace"] == "maf.fold_0"
+    assert "mlflow_run_id" not in synthetic.uns["cellsynth"] and synthetic.uns["cellsynth"]["seed"] == 0
     losses = client.get_metric_history(child.info.run_id, "train_loss")
     assert len(losses) == 3 and [m.step for m in losses] == [0, 1, 2]
     assert {"fit_seconds", "sample_seconds", "peak_rss_gib_fit"} <= set(child.data.metrics)

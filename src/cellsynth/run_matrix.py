@@ -2,17 +2,22 @@
 
 Kedro builds pipelines before nodes run, but the folds (``folds_to_run``) and generators
 (``generation.generators``) are parameters, so that an environment (``--env paper``) or
-``--params`` can change them. :class:`~cellsynth.hooks.RunMatrixHook` records the run's parameters
+``--params`` can change them. :class:`RunMatrixHook` records the run's parameters
 when the Kedro context is created, which happens before ``kedro run`` first reads the pipeline
 registry; outside a session (e.g. ``kedro viz``) the ``base``/``KEDRO_ENV`` configuration is read.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +71,19 @@ def active_parameters() -> dict[str, Any]:
 def current() -> RunMatrix:
     """The run matrix of the active session, or of the on-disk configuration."""
     return RunMatrix.from_params(active_parameters())
+
+
+class RunMatrixHook:
+    """Records the run's parameters so the pipeline registry builds the requested folds/generators."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        set_active_params(context.params)
+        try:  # a second session in the same process (tests, notebooks) must rebuild the pipelines
+            from kedro.framework.project import pipelines
+
+            requested = getattr(pipelines, "_requested_pipelines", None)
+            pipelines.set_requested(["__cellsynth_invalidate__"])
+            pipelines.set_requested(requested)
+        except Exception:  # pragma: no cover - private API changed: pipelines just are not rebuilt
+            log.debug("could not invalidate the pipeline cache", exc_info=True)

@@ -19,7 +19,8 @@ warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
-from cellsynth.hooks import MlflowTrackingHook, RunMatrixHook  # noqa: E402
+from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
+from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
 
 HOOKS = (RunMatrixHook(), MlflowTrackingHook())
 

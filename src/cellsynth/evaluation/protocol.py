@@ -7,7 +7,6 @@ Every function returns (or validates) a long table with the columns :data:`COLUM
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -18,7 +17,17 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from cellsynth.config import EvaluationSettings
 from cellsynth.metrics import ReferenceSpace, compare, compare_by_type, paper_metrics, split_halves
+from cellsynth.schema import (
+    ALL_TYPES,
+    FLOOR,
+    LABEL_KEY,
+    REAL_ONLY,
+    REAL_ROWS,
+    REAL_TRAIN_VS_TEST,
+    SANITY_BASELINES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +66,8 @@ __all__ = [
     "without_nonfinite",
 ]
 
-LABEL_KEY = "cell_type"
 COLUMNS = ["dataset", "generator", "fold", "protocol", "cell_type", "metric", "value"]
 """Columns of every long-format metrics table, in order."""
-ALL_TYPES = "all"
 
 PAPER = "paper"
 PAPER_UPSAMPLE = "paper_upsample"
@@ -68,99 +75,13 @@ HONEST = "honest"
 UTILITY = "utility"
 RUN = "run"
 
-REAL_TRAIN_VS_TEST = "real train vs test"
-FLOOR = "real (B vs A floor)"
-REAL_ONLY = "real only"
-REAL_GENERATORS = (REAL_TRAIN_VS_TEST, FLOOR, REAL_ONLY)
-SANITY_BASELINES = ("train_copy", "gene_shuffle", "class_gaussian_pca")
-"""Reference generators with a known answer (copies, no gene-gene structure, per-type Gaussian)."""
+REAL_GENERATORS = REAL_ROWS
 
 PAPER_METRICS = ("wd", "cd", "mmd")
 COUNT_METRICS = ("n_cells_reference", "n_cells_compared")
 RATIO_SUFFIX = "_ratio_to_floor"
 RUN_INFO_KEYS = ("fit_seconds", "sample_seconds", "sample_cells_per_second", "peak_rss_gib_fit",
                  "peak_rss_gib_sample", "epochs_run", "train_loss_first", "train_loss_last")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluationSettings:
-    """Settings of the evaluation (``parameters_evaluation.yml`` → :meth:`from_params`).
-
-    Attributes
-    ----------
-    seed : int
-        Seeds the PCA, the honest split, the generator subsample, the C2ST and the random forests.
-    n_pca : int
-        Components of the reference space (the paper's 50).
-    min_cells_per_type : int
-        A cell type is compared on its own when it has at least this many cells on both sides.
-    knn_k : int
-        Neighbours of the k-NN precision/recall.
-    c2st, c2st_classifier, c2st_n_splits, n_threads :
-        Whether and how to run the classifier two-sample test (see :func:`cellsynth.metrics.c2st_auc`).
-    per_type : bool
-        Whether to compute the per-cell-type rows.
-    utility_n_estimators, utility_n_jobs :
-        Random forest of the classification utility.
-    mmd_max_cells : int or None
-        The MMDs (quadratic in cells) of a set larger than this use a seeded subsample of it; WD, CD
-        and the other metrics use every cell. ``None``: always all cells.
-    """
-
-    seed: int = 0
-    n_pca: int = 50
-    min_cells_per_type: int = 20
-    knn_k: int = 5
-    c2st: bool = True
-    c2st_classifier: str = "hist_gb"
-    c2st_n_splits: int = 5
-    n_threads: int | None = 1
-    per_type: bool = True
-    utility_n_estimators: int = 100
-    utility_n_jobs: int | None = None
-    mmd_max_cells: int | None = 20_000
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> EvaluationSettings:
-        """Build from the ``evaluation`` parameters (nested ``c2st`` and ``utility`` sections)."""
-        params = dict(params or {})
-        c2st = dict(params.get("c2st") or {})
-        utility = dict(params.get("utility") or {})
-        defaults = cls()
-        return cls(
-            seed=int(params.get("seed", defaults.seed)),
-            n_pca=int(params.get("n_pca", defaults.n_pca)),
-            min_cells_per_type=int(params.get("min_cells_per_type", defaults.min_cells_per_type)),
-            knn_k=int(params.get("knn_k", defaults.knn_k)),
-            c2st=bool(c2st.get("enabled", defaults.c2st)),
-            c2st_classifier=str(c2st.get("classifier", defaults.c2st_classifier)),
-            c2st_n_splits=int(c2st.get("n_splits", defaults.c2st_n_splits)),
-            n_threads=c2st.get("n_threads", defaults.n_threads),
-            per_type=bool(params.get("per_type", defaults.per_type)),
-            utility_n_estimators=int(utility.get("n_estimators", defaults.utility_n_estimators)),
-            utility_n_jobs=utility.get("n_jobs", defaults.utility_n_jobs),
-            mmd_max_cells=_optional_int(params.get("mmd_max_cells", defaults.mmd_max_cells)),
-        )
-
-    def compare_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`cellsynth.metrics.compare` for these settings."""
-        return {
-            "seed": self.seed,
-            "k": self.knn_k,
-            "c2st": self.c2st,
-            "classifier": self.c2st_classifier,
-            "n_splits": self.c2st_n_splits,
-            "n_threads": self.n_threads,
-            "mmd_max_cells": self.mmd_max_cells,
-        }
-
-    def paper_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`cellsynth.metrics.paper_metrics` for these settings."""
-        return {"mmd_max_cells": self.mmd_max_cells, "seed": self.seed}
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 # ----------------------------------------------------------------------------- long-format helpers
@@ -368,14 +289,14 @@ def _matched_subsample_any(synthetic: AnnData, target_counts: Mapping[str, int],
 def _paper_rows(reference: np.ndarray, candidate: np.ndarray, settings: EvaluationSettings,
                 **key: Any) -> list[dict[str, Any]]:
     counts = {"n_cells_reference": len(reference), "n_cells_compared": len(candidate)}
-    return _rows({**paper_metrics(reference, candidate, **settings.paper_kwargs()), **counts}, **key)
+    return _rows({**paper_metrics(reference, candidate, **{"mmd_max_cells": settings.mmd_max_cells, "seed": settings.seed}), **counts}, **key)
 
 
 def _paper_by_type(reference: np.ndarray, reference_labels: np.ndarray, candidate: np.ndarray,
                    candidate_labels: np.ndarray, settings: EvaluationSettings) -> pd.DataFrame:
     """The paper's metrics per cell type (only those: the rest of :func:`compare` would be discarded)."""
     return compare_by_type(reference, reference_labels, candidate, candidate_labels,
-                           min_cells=settings.min_cells_per_type, measure=paper_metrics, **settings.paper_kwargs())
+                           min_cells=settings.min_cells_per_type, measure=paper_metrics, **{"mmd_max_cells": settings.mmd_max_cells, "seed": settings.seed})
 
 
 def _honest_rows(reference: np.ndarray, candidate: np.ndarray, z_train: np.ndarray,

@@ -31,7 +31,7 @@ def utility_metrics(
 ):
     """Long-format ``utility`` rows of one random forest (see :func:`cellsynth.metrics.classification_utility`).
 
-    The forest (``criterion="entropy"``, ``settings.utility_n_estimators`` trees, ``random_state =
+    The forest (``criterion="entropy"``, ``settings.utility.n_estimators`` trees, ``random_state =
     settings.seed``) is trained on ``train.X`` (HVG expression) plus, when given, ``upsample.X``
     (genes aligned to the training cells; cells with non-finite values left out), and scored on ``test.X``.
 
@@ -54,7 +54,7 @@ def utility_metrics(
         X_extra = aligned_matrix(upsample, train.var_names)
     scores = classification_utility(
         train.X, y_train, X_test, y_test, X_extra, y_extra,
-        seed=settings.seed, n_estimators=settings.utility_n_estimators, n_jobs=settings.utility_n_jobs,
+        seed=settings.seed, n_estimators=settings.utility.n_estimators, n_jobs=settings.utility.n_jobs,
     )
     rows = []
     for name, value in scores.items():

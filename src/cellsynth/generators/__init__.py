@@ -12,6 +12,7 @@ from cellsynth.generators.baselines import (
     TrainCopyGenerator,
 )
 from cellsynth.generators.maf import MAFGenerator
+from cellsynth.generators.modes import PerTypeGenerator, matched_counts, q3_upsample_counts
 from cellsynth.generators.moe import MOEGenerator
 from cellsynth.generators.sdv_models import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
 from cellsynth.generators.smote import SMOTEGenerator
@@ -28,4 +29,5 @@ GENERATORS["gene_shuffle"] = GeneShuffleGenerator
 GENERATORS["class_gaussian_pca"] = ClassGaussianPCAGenerator
 GENERATORS["smote"] = SMOTEGenerator
 
-__all__ = ["GENERATORS", "Generator", "GeneratorError", "TrainingHistory"]
+__all__ = ["GENERATORS", "Generator", "GeneratorError", "PerTypeGenerator", "TrainingHistory", "matched_counts",
+           "q3_upsample_counts"]

@@ -1,0 +1,147 @@
+"""MLflow tracking of every ``kedro run``, entirely in hooks (nodes know nothing of MLflow).
+
+* ``before_pipeline_run`` opens a parent run per ``kedro run`` in the experiment
+  ``<experiment_prefix>-<dataset.name>``, with the parameters of the pipelines that run;
+  ``after_pipeline_run`` / ``on_pipeline_error`` close it.
+* ``after_node_run`` logs the outputs whose catalog entry says so (``metadata: {mlflow: ...}``, see
+  :mod:`cellsynth.tracking.convert`) as parameters and metrics; ``after_dataset_saved`` logs the
+  saved files of those marked ``artifact``. Outputs of a generator namespace (``maf.fold_0.*``) go
+  to that namespace's child run, the others to the parent run.
+
+Tracking never fails a run: a store that cannot be reached is a warning. Under the
+:class:`~cellsynth.runners.DaskRunner` node hooks run on the worker, under the parent run the
+driver attached there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from cellsynth.config import DatasetSettings, TrackingSettings
+from cellsynth.tracking import convert, runs
+
+log = logging.getLogger(__name__)
+
+GENERATOR_NAMESPACE = re.compile(r"^(?P<generator>[^.]+)\.fold_(?P<fold>\d+)$")
+
+
+def _namespace_of(dataset_name: str) -> str | None:
+    """``maf.fold_0`` for ``maf.fold_0.synthetic``; ``None`` for fold-level or global datasets."""
+    namespace = dataset_name.rsplit(".", 1)[0] if "." in dataset_name else ""
+    return namespace if GENERATOR_NAMESPACE.match(namespace) else None
+
+
+def _mlflow_spec(catalog, name: str) -> dict[str, Any]:
+    dataset = catalog.get(name)
+    metadata = getattr(dataset, "metadata", None) or {}
+    return dict(metadata.get("mlflow") or {})
+
+
+def _saved_path(catalog, name: str) -> Path | None:
+    described = catalog.get(name)._describe()
+    path = described.get("filepath") or described.get("path")
+    return Path(str(path)) if path else None
+
+
+class MlflowTrackingHook:
+    """Parent run per ``kedro run``, child run per generator namespace, logging driven by the catalog."""
+
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+        self._project_path: Path | None = None
+        self._pending_artifacts: dict[str, tuple[Path, str]] = {}
+        self._lock = threading.Lock()
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._params = dict(context.params)
+        self._project_path = Path(context.project_path)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        settings = TrackingSettings.from_params(self._params.get("tracking"))
+        if not settings.enabled:
+            return
+        used = sorted({name.split(":", 1)[1].split(".")[0] for name in pipeline.inputs() if name.startswith("params:")})
+        params = {key: self._params[key] for key in used if key in self._params}
+        params["folds_to_run"] = self._params.get("folds_to_run")
+        dataset = DatasetSettings.from_params(self._params.get("dataset"))
+        pipeline_names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        self._safely(
+            runs.start_parent_run,
+            tracking_uri=runs.resolve_tracking_uri(settings.tracking_uri, self._project_path),
+            experiment=f"{settings.experiment_prefix}-{dataset.name}",
+            run_name=f"kedro run {','.join(pipeline_names)}",
+            params=params,
+            tags={"kedro.session_id": str(run_params.get("session_id")),
+                  "kedro.env": str(run_params.get("env") or "local"),
+                  "kedro.pipelines": ",".join(pipeline_names), "dataset": dataset.name},
+        )
+
+    @hook_impl
+    def after_node_run(self, node, catalog, outputs: dict[str, Any]) -> None:
+        if runs.active_run() is None:
+            return
+        for name, data in outputs.items():
+            spec = _mlflow_spec(catalog, name)
+            if not spec:
+                continue
+            self._safely(self._log_data, name, data, spec)
+            if "artifact" in spec:
+                path = _saved_path(catalog, name)
+                if path is not None:
+                    with self._lock:
+                        self._pending_artifacts[name] = (path, str(spec["artifact"]))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        with self._lock:
+            pending = self._pending_artifacts.pop(dataset_name, None)
+        if pending is not None and runs.active_run() is not None:
+            path, folder = pending
+            self._safely(lambda: runs.log_artifact(self._run_for(dataset_name), path, folder))
+
+    @hook_impl
+    def on_node_error(self, node) -> None:
+        namespace = node.namespace or ""
+        if runs.active_run() is not None and GENERATOR_NAMESPACE.match(namespace):
+            self._safely(lambda: runs.set_status(self._namespace_run(namespace), "FAILED"))
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._safely(runs.end_parent_run, "FINISHED")
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._safely(runs.end_parent_run, "FAILED")
+
+    # ------------------------------------------------------------------ helpers
+    def _run_for(self, dataset_name: str) -> str:
+        namespace = _namespace_of(dataset_name)
+        return runs.parent_run_id() if namespace is None else self._namespace_run(namespace)
+
+    @staticmethod
+    def _namespace_run(namespace: str) -> str:
+        match = GENERATOR_NAMESPACE.match(namespace)
+        tags = {"generator": match["generator"], "fold": match["fold"], runs.ROLE_TAG: "generator"}
+        return runs.child_run_id(namespace, tags)
+
+    def _log_data(self, name: str, data: Any, spec: dict[str, Any]) -> None:
+        run_id = self._run_for(name)
+        if "params" in spec:
+            runs.log_params(run_id, convert.PARAMS[spec["params"]](data))
+        if "metrics" in spec:
+            runs.log_metrics(run_id, convert.METRICS[spec["metrics"]](data))
+
+    @staticmethod
+    def _safely(action, *args, **kwargs) -> None:
+        try:
+            action(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never fail the run
+            log.warning("MLflow tracking skipped: %s", exc)

@@ -1,0 +1,209 @@
+"""MLflow runs of a ``kedro run``: the parent run, one child run per namespace, and what is logged.
+
+The parent run of the current ``kedro run`` lives in this process (set by the tracking hook) and can
+be handed to another process as a plain dict (:func:`run_context`, e.g. to a Dask worker) and
+attached there for one thread (:func:`attached_run`). A child run is keyed on a node namespace
+(``maf.fold_0``): it is created the first time something of that namespace is logged, and a later
+``kedro run`` (evaluation after generation) logs into the newest run of the same namespace.
+Every call here goes through :class:`mlflow.MlflowClient`; nothing touches MLflow's global state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+ROLE_TAG = "cellsynth.role"
+NAMESPACE_TAG = "cellsynth.namespace"
+_UNSAFE_KEY = re.compile(r"[^\w\-. /:]")
+_UNSAFE_NAME = re.compile(r"[^\w\-. /]")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveRun:
+    """The parent run of a ``kedro run``: where child runs and reports are filed."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+_process_run: ActiveRun | None = None
+_attached: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar("cellsynth_mlflow_run", default=None)
+_children: dict[tuple[str, str], str] = {}
+_children_lock = threading.Lock()
+
+
+def active_run() -> ActiveRun | None:
+    """The run attached to this thread (:func:`attached_run`), else this process's parent run."""
+    return _attached.get() or _process_run
+
+
+def run_context() -> dict[str, str]:
+    """The active parent run as plain strings, to hand to another process (empty when none)."""
+    run = active_run()
+    return dataclasses.asdict(run) if run else {}
+
+
+@contextlib.contextmanager
+def attached_run(context: Mapping[str, str]) -> Iterator[None]:
+    """File what this thread logs under the parent run ``context`` (from :func:`run_context`).
+
+    An empty ``context`` (tracking off in the driver) turns tracking off here too.
+    """
+    run = ActiveRun(**context) if context else None
+    token = _attached.set(run)
+    try:
+        yield
+    finally:
+        _attached.reset(token)
+
+
+def resolve_tracking_uri(configured: str | None, project_path: Path | None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the configured URI with a relative SQLite path made absolute."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and project_path is not None:
+        uri = prefix + str((project_path / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def metric_key(*parts: Any) -> str:
+    """``a/b/c`` from ``parts``, with the characters MLflow refuses in a key as ``_``."""
+    return _UNSAFE_KEY.sub("_", "/".join(str(p) for p in parts))
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` with values cut to MLflow's parameter length.
+
+    Characters MLflow refuses in names (e.g. the ``+`` of ``CD14+ Mono``) become ``_``.
+    """
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{_UNSAFE_NAME.sub('_', str(key))}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_parent_run(
+    *, tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> ActiveRun:
+    """Create the run of one ``kedro run`` in ``experiment`` and make it this process's parent run."""
+    global _process_run
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, ROLE_TAG: "parent"})
+    _process_run = ActiveRun(tracking_uri, experiment_id, run.info.run_id)
+    log_params(_process_run.run_id, params)
+    log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
+    return _process_run
+
+
+def end_parent_run(status: str = "FINISHED") -> None:
+    """Close this process's parent run (if one is open) and forget it and its children."""
+    global _process_run
+    run, _process_run = _process_run, None
+    with _children_lock:
+        _children.clear()
+    if run is not None:
+        _client(run.tracking_uri).set_terminated(run.run_id, status=status)
+
+
+def child_run_id(namespace: str, tags: Mapping[str, str]) -> str | None:
+    """The run of ``namespace`` (e.g. ``maf.fold_0``) under the active parent run; ``None`` without one.
+
+    Reuses the newest run of that namespace in the experiment (so the evaluation of a later
+    ``kedro run`` is logged next to the generator's training), else creates a child of the parent.
+    """
+    parent = active_run()
+    if parent is None:
+        return None
+    key = (parent.run_id, namespace)
+    with _children_lock:
+        if key in _children:
+            return _children[key]
+        client = _client(parent.tracking_uri)
+        found = client.search_runs(
+            [parent.experiment_id], filter_string=f"tags.`{NAMESPACE_TAG}` = '{namespace}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+            run = client.create_run(
+                parent.experiment_id, run_name=namespace.replace(".", " "),
+                tags={MLFLOW_PARENT_RUN_ID: parent.run_id, NAMESPACE_TAG: namespace, **tags},
+            )
+            run_id = run.info.run_id
+            client.set_terminated(run_id, status="FINISHED")  # logging into a finished run is allowed
+        _children[key] = run_id
+        return run_id
+
+
+def set_status(run_id: str, status: str) -> None:
+    _client(active_run().tracking_uri).set_terminated(run_id, status=status)
+
+
+def parent_run_id() -> str | None:
+    run = active_run()
+    return run.run_id if run else None
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    client = _client(active_run().tracking_uri)
+    for batch in _batches([Param(k, v) for k, v in flatten(params).items()], 100):
+        client.log_batch(run_id, params=batch)
+
+
+def log_metrics(run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    """Metric rows ``(key, value, step)`` of ``run_id``; keys cleaned with :func:`metric_key`, non-finite values left out."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(metric_key(key), float(value), now, int(step)) for key, value, step in rows
+             if value is not None and math.isfinite(float(value))]
+    client = _client(active_run().tracking_uri)
+    for batch in _batches(items, 500):
+        client.log_batch(run_id, metrics=batch)
+
+
+def log_artifact(run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
+    """A file or a whole folder as an artifact of ``run_id``."""
+    client = _client(active_run().tracking_uri)
+    local_path = Path(local_path)
+    if local_path.is_dir():
+        client.log_artifacts(run_id, str(local_path), artifact_path)
+    elif local_path.is_file():
+        client.log_artifact(run_id, str(local_path), artifact_path)
