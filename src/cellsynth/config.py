@@ -223,7 +223,7 @@ class SplittingSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings(Settings):
     block: ClassVar[str] = "generation"
-    generators: tuple[str, ...] = ()
+    generators: tuple[str, ...] = ("maf", "moe", "smote", "train_copy", "gene_shuffle", "class_gaussian_pca")
     strategy: Literal["conditional", "per_type"] = "conditional"
     preset: str = "default"
     seed: int = 0

@@ -17,6 +17,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from cellsynth.config import GenerationSettings, SplittingSettings
+
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +33,12 @@ class RunMatrix:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RunMatrix:
-        n_folds = int(params.get("splitting", {}).get("n_folds", 5))
+        n_folds = SplittingSettings.from_params(params.get("splitting")).n_folds
         folds = tuple(int(k) for k in params.get("folds_to_run", [0]))
         bad = [k for k in folds if not 0 <= k < n_folds]
         if bad or not folds:
             raise ValueError(f"folds_to_run={list(folds)} must be a non-empty list of folds in 0..{n_folds - 1}")
-        generators = tuple(params.get("generation", {}).get("generators", []))
-        return cls(folds=folds, generators=generators)
+        return cls(folds=folds, generators=GenerationSettings.from_params(params.get("generation")).generators)
 
 
 def set_active_params(params: dict[str, Any] | None) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 from kedro.pipeline import Pipeline, node, pipeline
 
 from cellsynth import run_matrix
+from cellsynth.config import DownstreamSettings, IntegrationSettings
 from cellsynth.pipelines._binding import bind
 from cellsynth.pipelines.downstream.nodes import (
     build_downstream_section,
@@ -31,14 +32,12 @@ def downstream_folds(matrix: RunMatrix, setting: Any = None) -> tuple[int, ...]:
     its first fold).
     """
     if setting is None:
-        setting = (run_matrix.active_parameters().get("downstream") or {}).get("folds", "first")
-    if setting in (None, "first"):
+        setting = DownstreamSettings.from_params(run_matrix.active_parameters().get("downstream")).folds
+    if setting == "first":
         return (matrix.folds[0],)
     if setting == "all":
         return tuple(matrix.folds)
-    if isinstance(setting, int | str):
-        setting = [setting]
-    folds = tuple(int(k) for k in setting)
+    folds = (int(setting),) if isinstance(setting, int | str) else tuple(int(k) for k in setting)
     outside = [k for k in folds if k not in matrix.folds]
     if outside or not folds:
         raise ValueError(f"downstream.folds={list(folds)} must be `first`, `all` or folds of "
@@ -53,7 +52,7 @@ def correction_method(params: dict[str, Any] | None = None) -> str | None:
     than ``none``; the corrected values (which may be negative) are what the folds hold.
     """
     params = run_matrix.active_parameters() if params is None else params
-    method = str((params.get("integration") or {}).get("method", "none"))
+    method = IntegrationSettings.from_params(params.get("integration")).method
     return method if len(params.get("datasets") or []) > 1 and method != "none" else None
 
 
