@@ -15,6 +15,8 @@ from cellsynth.data import integration as integ
 from cellsynth.pipelines.preprocessing import nodes
 from cellsynth.pipelines.preprocessing.pipeline import create_pipeline
 
+# In an integrated run `dataset` only names the result (its path and label_key are not read).
+TOY_DATASET = {"name": "toy", "path": "unused.h5ad", "label_key": "unused"}
 PREPROCESSING = {
     "qc": {
         "min_cells_per_gene": 3,
@@ -188,7 +190,7 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
     mapping = {"second": [{"kind_0": "type_0"}, {"kind_1": "type_1"}, {"kind_2": None}]}
     validated = nodes.load_datasets(datasets, {"min_gene_overlap": 0.5})
     cells, summary, genes, labels = nodes.combine_datasets(
-        validated, datasets, mapping, PREPROCESSING, {"n_folds": 5}, {}, {"name": "toy"}
+        validated, datasets, mapping, PREPROCESSING, {"n_folds": 5}, {}, TOY_DATASET
     )
     assert cells.n_vars == genes["shared"].iloc[0] <= 90
     assert cells.obs["batch"].value_counts().to_dict() == {"first": 150, "second": 100}  # kind_2 dropped
@@ -206,7 +208,7 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
     with pytest.raises(InputDataError, match=r"'first' and 'third' share 27 genes"):
         nodes.load_datasets(datasets, {"min_gene_overlap": 0.5})
     with pytest.raises(InputDataError, match="not in `datasets`"):
-        nodes.combine_datasets(validated, datasets[:2], {"nope": {}}, PREPROCESSING, {"n_folds": 5}, {}, {"name": "toy"})
+        nodes.combine_datasets(validated, datasets[:2], {"nope": {}}, PREPROCESSING, {"n_folds": 5}, {}, TOY_DATASET)
 
 
 def test_pipeline_shape_follows_the_datasets_parameter():
