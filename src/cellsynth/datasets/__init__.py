@@ -2,5 +2,6 @@
 
 from cellsynth.datasets.anndata_dataset import AnnDataDataset
 from cellsynth.datasets.generator_dataset import GeneratorDataset
+from cellsynth.datasets.section_dataset import ReportSectionDataset
 
-__all__ = ["AnnDataDataset", "GeneratorDataset"]
+__all__ = ["AnnDataDataset", "GeneratorDataset", "ReportSectionDataset"]
