@@ -15,6 +15,7 @@ from anndata import AnnData
 from cellsynth import tracking
 from cellsynth.data import InputDataError, integration, normalise, quality_control, validate_counts
 from cellsynth.data.validation import drop_unusable_cells
+from cellsynth.reporting.figures import figure_to_png
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def score_integration(
     figure = integration.integration_figure(
         scores, method=method, n_neighbors=int(scoring.get("n_neighbors", 15)), seed=seed
     )
-    png = integration.figure_png(figure)
+    png = figure_to_png(figure, tight=True)
     import matplotlib.pyplot as plt
 
     plt.close(figure)
