@@ -13,7 +13,9 @@ from anndata import AnnData
 
 from cellsynth import downstream as ds
 from cellsynth.downstream import figures
-from cellsynth.downstream.report import SectionFigure, SectionTable, build_section_html, insert_section
+from cellsynth.downstream.report import downstream_section
+from cellsynth.reporting.figures import figure_to_png
+from cellsynth.reporting.html import Figure, Table, section_dataset
 
 RAW_PBMC3K = Path(__file__).resolve().parents[1] / "data" / "01_raw" / "pbmc3k_counts.h5ad"
 
@@ -175,9 +177,9 @@ def test_liana_cellphonedb_runs_offline_on_real_cells(pbmc_subset, monkeypatch):
 
     counts = ds.significant_counts(table)
     assert counts.shape == (3, 3) and counts.to_numpy().sum() == table["significant"].sum()
-    png = figures.figure_to_png(figures.plot_interaction_heatmaps({"a": table, "b": again}), dpi=40)
+    png = figure_to_png(figures.plot_interaction_heatmaps({"a": table, "b": again}), dpi=40)
     assert png[:4] == b"\x89PNG"
-    dot = figures.figure_to_png(figures.plot_interaction_dotplot({"a": table, "b": again}, "a"), dpi=40)
+    dot = figure_to_png(figures.plot_interaction_dotplot({"a": table, "b": again}, "a"), dpi=40)
     assert dot[:4] == b"\x89PNG"
 
 
@@ -188,20 +190,15 @@ def test_textbook_markers_on_real_cells(pbmc_subset):
     check = ds.check_expected_markers(top, {"B": ["MS4A1", "CD79A"], "NK": ["GNLY", "NKG7"],
                                             "CD14+ Mono": ["LYZ", "S100A8"]})
     assert check["type_ok"].all()
-    png = figures.figure_to_png(figures.plot_marker_violins(ds.top_unique_markers(top), pbmc_subset,
+    png = figure_to_png(figures.plot_marker_violins(ds.top_unique_markers(top), pbmc_subset,
                                                             pbmc_subset), dpi=40)
     assert png[:4] == b"\x89PNG"
 
 
 def test_section_html_is_self_contained():
-    text = build_section_html([SectionTable("t", pd.DataFrame({"a": [1.0], "b": ["x"]}), ["note"])],
-                              [SectionFigure("f", b"\x89PNG fake", "caption")], ["fact"])
-    assert text.startswith('<section id="downstream">') and text.rstrip().endswith("</section>")
-    assert "data:image/png;base64," in text
-    assert "http" not in text.replace("https://doi", "") and "<script" not in text
-
-    report = ('<html><body><nav><a href="#t">T</a></nav><h2 id="figures">F</h2>'
-              '<h2 id="parameters">P</h2></body></html>')
-    merged = insert_section(report, text)
-    assert merged.index('<section id="downstream">') < merged.index('<h2 id="parameters">')
-    assert '<a href="#downstream">' in merged and insert_section(report, "") == report
+    text = downstream_section("pbmc3k", [Table("t", pd.DataFrame({"a": [1.0], "b": ["x"]}), ["note"])],
+                              [Figure("f", b"\x89PNG fake", "caption")], ["fact"])
+    assert text.startswith('<section id="downstream"') and text.rstrip().endswith("</section>")
+    assert section_dataset(text) == "pbmc3k" and "Marker preservation" in text  # how to read it
+    assert "data:image/png;base64," in text and "<li>fact</li>" in text and "<style" not in text
+    assert "http" not in text and "<script" not in text

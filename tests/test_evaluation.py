@@ -12,6 +12,8 @@ from anndata import AnnData
 from cellsynth import evaluation as ev
 from cellsynth.config import EvaluationSettings, UtilitySettings
 from cellsynth.evaluation.protocol import COUNT_METRICS, RATIO_SUFFIX
+from cellsynth.reporting.figures import figure_to_png
+from cellsynth.reporting.html import Figure, Table, page, section_dataset
 
 SETTINGS = EvaluationSettings(seed=0, n_pca=10, min_cells_per_type=20, utility=UtilitySettings(n_estimators=20))
 
@@ -198,25 +200,29 @@ def test_tables_and_markdown(evaluated):
 def test_report_is_self_contained_and_holds_the_tables(evaluated, fold):
     train, test, generators = fold
     metrics = evaluated["metrics"]
-    png = ev.figure_to_png(ev.plot_metrics_vs_floor(metrics), dpi=40)
-    pca = ev.figure_to_png(ev.plot_reference_pca(train, test, generators, evaluated["space"], fold=0), dpi=40)
-    curves = ev.figure_to_png(ev.plot_training_curves([pd.DataFrame(
+    png = figure_to_png(ev.plot_metrics_vs_floor(metrics), dpi=40)
+    pca = figure_to_png(ev.plot_reference_pca(train, test, generators, evaluated["space"], fold=0), dpi=40)
+    curves = figure_to_png(ev.plot_training_curves([pd.DataFrame(
         {"generator": "fresh", "fold": 0, "epoch": [0, 1, 0, 1], "series": ["train_loss"] * 2 + ["val_loss"] * 2,
          "value": [3.0, 2.0, 3.5, 2.5]}), pd.DataFrame()]), dpi=40)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and pca[:4] == curves[:4] == png[:4]
-    text = ev.build_report_html(
-        dataset="tiny",
-        tables=[ev.ReportTable("Table 1", ev.paper_table(metrics), ["note <1>"], "table-1"),
-                ev.ReportTable("Honest", ev.honest_table(metrics), (), "honest")],
-        figures=[ev.ReportFigure("bars", png, "caption"), ev.ReportFigure("pca", pca)],
-        parameters={"evaluation": {"seed": 0}, "folds_to_run": [0]},
+    fragment = ev.evaluation_section(
+        "tiny",
+        tables=[Table("Table 1", ev.paper_table(metrics), ["note <1>"], "table-1"),
+                Table("Honest", ev.honest_table(metrics), (), "honest")],
+        figures=[Figure("bars", png, "caption"), Figure("pca", pca)],
+        summary_lines=["Folds: 0"],
     )
+    assert section_dataset(fragment) == "tiny" and fragment.startswith('<section id="evaluation"')
+    text = page(title="cellsynth evaluation: tiny", sections=[fragment],
+                parameters={"evaluation": {"seed": 0}, "folds_to_run": [0]})
     assert text.startswith("<!DOCTYPE html>")
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, flags=re.I)
     assert "<script" not in text.lower() and "http" not in text
     assert text.count('src="data:image/png;base64,') == 2
     assert "<table" in text and "real (B vs A floor)" in text and "WD ↓" in text and "note &lt;1&gt;" in text
-    assert "How to read this" in text and "seed: 0" in text
+    assert "How to read this" in text and "seed: 0" in text and "<li>Folds: 0</li>" in text
+    assert '<a href="#table-1">Table 1</a>' in text and '<a href="#evaluation">' in text
 
 
 def test_cells_with_non_finite_values_are_left_out_and_counted(fold, evaluated):

@@ -16,9 +16,6 @@ parameter lists more than one input:
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -32,6 +29,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from cellsynth.data.validation import BATCH_COLUMN, LABEL_COLUMN, InputDataError
+from cellsynth.reporting.html import Figure, Table, section
 
 log = logging.getLogger(__name__)
 
@@ -564,17 +562,6 @@ def integration_figure(scores: IntegrationScores, *, method: str, n_neighbors: i
     return fig
 
 
-def figure_png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _html_table(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
-    formatters = {c: float_format.format for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
-    return frame.to_html(index=False, border=0, classes="cellsynth-table", na_rep="–", formatters=formatters, escape=True)
-
-
 def integration_section_html(
     *,
     dataset: str,
@@ -587,42 +574,35 @@ def integration_section_html(
     labels: pd.DataFrame,
     figure_png_bytes: bytes,
 ) -> str:
-    """A self-contained HTML ``<section>`` (the figure inlined as base64 PNG) for the evaluation report."""
-    image = base64.b64encode(figure_png_bytes).decode("ascii")
+    """The report's ``integration`` section (a fragment from :func:`cellsynth.reporting.html.section`)."""
     before, after = scores.set_index("metric").loc["asw_batch", ["before", "after"]]
     ct_before, ct_after = scores.set_index("metric").loc["asw_cell_type", ["before", "after"]]
-    notes = [
-        f"Batch correction: <b>{html.escape(method)}</b> in gene space"
+    facts = [
+        f"Batch correction: {method} in gene space"
         + (" with the cell type protected as a covariate" if protect_cell_type and method != "none" else "")
         + "; corrected values may be negative and are kept as they are.",
         f"Batch mixing (scib ASW-batch, 1 = well mixed): {before:.3f} before, {after:.3f} after correction.",
         f"Cell-type separation (ASW, 1 = types apart): {ct_before:.3f} before, {ct_after:.3f} after"
-        + (" &mdash; the correction erased part of the biology." if ct_after < ct_before - 0.05 else "."),
+        + (" — the correction erased part of the biology." if ct_after < ct_before - 0.05 else "."),
     ]
     unmapped = labels[labels["status"].str.startswith("unmapped")]
     if len(unmapped):
-        notes.append(
-            "Labels not in the mapping: "
-            + ", ".join(f"{html.escape(r.dataset)}: {html.escape(r.label)} ({r.n_cells})" for r in unmapped.itertuples())
-        )
+        facts.append("Labels not in the mapping: "
+                     + ", ".join(f"{r.dataset}: {r.label} ({r.n_cells})" for r in unmapped.itertuples()))
     dropped = labels[labels["harmonised"] == ""]
     if len(dropped):
-        notes.append(f"Cells dropped by the label mapping: {int(dropped['n_cells'].sum())}.")
-    items = "".join(f"<li>{n}</li>" for n in notes)
-    return (
-        f'<section id="integration" data-dataset="{html.escape(dataset)}">\n'
-        f"<h2>Dataset integration</h2>\n<ul>{items}</ul>\n"
-        f'<figure><img alt="UMAP before and after batch correction" style="max-width:100%" '
-        f'src="data:image/png;base64,{image}"/>'
-        "<figcaption>UMAP of the PCA of the shared HVGs before and after correction, coloured by batch "
-        "and by harmonised cell type (Fig 2).</figcaption></figure>\n"
-        f"<h3>Scores</h3>\n{_html_table(scores)}\n"
-        f"<h3>Cells per harmonised type and batch</h3>\n{_html_table(cells_per_type, '{:.0f}')}\n"
-        f"<h3>Batch mixing per cell type</h3>\n{_html_table(per_type)}\n"
-        f"<h3>Shared genes</h3>\n{_html_table(genes)}\n"
-        f"<h3>Label harmonisation</h3>\n{_html_table(labels)}\n"
-        "</section>\n"
-    )
+        facts.append(f"Cells dropped by the label mapping: {int(dropped['n_cells'].sum())}.")
+    figure = Figure("UMAP before and after batch correction", figure_png_bytes,
+                    "UMAP of the PCA of the shared HVGs before and after correction, coloured by batch "
+                    "and by harmonised cell type (Fig 2).")
+    tables = [
+        Table("Scores", scores, float_format=".3f"),
+        Table("Cells per harmonised type and batch", cells_per_type, float_format=".0f"),
+        Table("Batch mixing per cell type", per_type, float_format=".3f"),
+        Table("Shared genes", genes),
+        Table("Label harmonisation", labels, label_columns=3),
+    ]
+    return section("integration", "Dataset integration", dataset=dataset, tables=tables, figures=[figure], facts=facts)
 
 
 def cells_per_type(adata: AnnData) -> pd.DataFrame:

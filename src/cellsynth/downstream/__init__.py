@@ -6,7 +6,7 @@ interactions, and how well synthetic cells preserve them. Plain library code: no
 * :mod:`~cellsynth.downstream.interactions`: LIANA's CellPhoneDB method (offline, seeded), interaction
   tables keyed on (ligand, receptor, source, target), aligned RMSE and Jaccard of significant pairs;
 * :mod:`~cellsynth.downstream.figures`: violin plots (Fig 5), heatmaps (Fig 6), dot plot (Fig 7);
-* :mod:`~cellsynth.downstream.report`: summary tables and the self-contained HTML section;
+* :mod:`~cellsynth.downstream.report`: summary tables and the report section;
 * :mod:`~cellsynth.downstream.checks`: refuse non-log-normalised (e.g. batch-corrected, negative) input.
 """
 

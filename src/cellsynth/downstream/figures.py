@@ -13,10 +13,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cellsynth.downstream.interactions import KEYS, significant_counts
-from cellsynth.plotting import figure_to_image, figure_to_png, grid_shape, new_figure
+from cellsynth.reporting.figures import grid_shape, new_figure
 
-__all__ = ["figure_to_image", "figure_to_png", "plot_interaction_dotplot", "plot_interaction_heatmaps",
-           "plot_marker_violins"]
+__all__ = ["plot_interaction_dotplot", "plot_interaction_heatmaps", "plot_marker_violins"]
 
 REAL_COLOUR = "#3b75af"
 SYNTHETIC_COLOUR = "#c44e52"

@@ -1,42 +1,25 @@
-"""Summary tables and the self-contained HTML section of the downstream analyses.
-
-The section is a fragment (``<section id="downstream">…</section>``: its own scoped CSS, figures as
-base64 PNG ``data:`` URIs, no script, no external link) that a full report can paste in, e.g. before
-its parameters block.
-"""
+"""The downstream analyses' part of the report: summary tables, how to read them, and the section
+(a fragment built by :mod:`cellsynth.reporting.html`)."""
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
-__all__ = ["REAL_TRAIN_VS_TEST", "SectionFigure", "SectionTable", "build_section_html", "insert_section",
-           "interaction_summary", "preservation_summary"]
+from cellsynth.reporting.html import Figure, Table, section
+
+__all__ = ["HOW_TO_READ", "REAL_PLUS_SYNTHETIC", "REAL_TRAINING", "REAL_TRAIN_VS_TEST", "SECTION_ID", "SECTION_TITLE",
+           "SYNTHETIC_ONLY", "downstream_section", "interaction_summary", "preservation_summary"]
+
+SECTION_ID = "downstream"
+SECTION_TITLE = "Downstream biology: marker genes and cell–cell interactions"
 
 REAL_TRAIN_VS_TEST = "real train vs test"
 """Name of the real-data row (real training cells against the test cells), as in the evaluation tables."""
 SYNTHETIC_ONLY = "synthetic only"
 REAL_PLUS_SYNTHETIC = "real + synthetic"
 REAL_TRAINING = "real training cells"
-
-
-@dataclass
-class SectionTable:
-    title: str
-    table: pd.DataFrame
-    notes: Sequence[str] = field(default_factory=tuple)
-
-
-@dataclass
-class SectionFigure:
-    title: str
-    png: bytes
-    caption: str = ""
 
 
 def _mean_sd(values: pd.Series, digits: int) -> str:
@@ -96,41 +79,6 @@ def interaction_summary(comparison: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _table_html(item: SectionTable) -> str:
-    frame = item.table
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = []
-    for row in frame.itertuples(index=False):
-        cells = []
-        for value in row:
-            if isinstance(value, float | np.floating):
-                text = "–" if not np.isfinite(value) else f"{value:.4g}"
-            else:
-                text = str(value)
-            cells.append(f"<td>{html.escape(text)}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in item.notes)
-    return (f"<h3>{html.escape(item.title)}</h3>\n<table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>\n" + (f'<ul class="notes">{notes}</ul>' if notes else ""))
-
-
-def _figure_html(item: SectionFigure) -> str:
-    data = base64.b64encode(item.png).decode("ascii")
-    return (f"<figure><h3>{html.escape(item.title)}</h3><img alt=\"{html.escape(item.title)}\" "
-            f"src=\"data:image/png;base64,{data}\"><figcaption>{html.escape(item.caption)}</figcaption></figure>")
-
-
-_CSS = """
-#downstream table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:0.85em}
-#downstream th,#downstream td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-#downstream th{background:#f2f2f2}
-#downstream td:first-child,#downstream td:nth-child(2){text-align:left}
-#downstream ul.notes{font-size:0.8em;color:#555;margin-top:0}
-#downstream figure{margin:1.2em 0}
-#downstream img{max-width:100%;height:auto;border:1px solid #eee}
-#downstream figcaption{font-size:0.8em;color:#555}
-"""
-
 HOW_TO_READ = """
 <p>Do synthetic cells tell the same biological story as real ones? Two analyses from the paper
 (sections 2.5–2.6), run on the fold's real and synthetic cells <b>on the fold's highly variable genes
@@ -164,41 +112,8 @@ the table.</li>
 """
 
 
-def build_section_html(tables: Sequence[SectionTable], figures: Sequence[SectionFigure],
-                       summary_lines: Sequence[str] = (), title: str = "Downstream biology: marker genes and "
-                       "cell–cell interactions") -> str:
-    """The HTML fragment: title, how to read, facts, tables, figures."""
-    facts = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines)
-    parts = [
-        '<section id="downstream">',
-        f"<style>{_CSS}</style>",
-        f"<h2>{html.escape(title)}</h2>",
-        HOW_TO_READ,
-        f'<ul class="notes">{facts}</ul>' if facts else "",
-        *(_table_html(t) for t in tables),
-        *(_figure_html(f) for f in figures),
-        "</section>",
-    ]
-    return "\n".join(p for p in parts if p) + "\n"
-
-
-def insert_section(report_html: str, section_html: str) -> str:
-    """``report_html`` with the downstream section pasted in.
-
-    The section goes before the report's parameters block (``<h2 id="parameters">``) when there is
-    one, else before ``</body>`` (else at the end); a ``Downstream biology`` link is added to the
-    report's ``<nav>`` if it has one. An empty section leaves the report unchanged.
-    """
-    if not section_html.strip():
-        return report_html
-    for anchor in ('<h2 id="parameters">', "</body>"):
-        at = report_html.find(anchor)
-        if at >= 0:
-            out = report_html[:at] + section_html.rstrip() + "\n" + report_html[at:]
-            break
-    else:
-        out = report_html.rstrip() + "\n" + section_html
-    nav = out.find("</nav>")
-    if nav >= 0 and 'href="#downstream"' not in out[:nav]:
-        out = out[:nav] + '<a href="#downstream">Downstream biology</a>' + out[nav:]
-    return out
+def downstream_section(dataset: str, tables: Sequence[Table], figures: Sequence[Figure],
+                       facts: Sequence[str] = ()) -> str:
+    """The downstream section fragment: facts, how to read it, the tables and the figures."""
+    return section(SECTION_ID, SECTION_TITLE, dataset=dataset, tables=tables, figures=figures, facts=facts,
+                   intro_html=HOW_TO_READ)

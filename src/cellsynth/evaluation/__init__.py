@@ -55,13 +55,7 @@ Per-type rows (``cell_type`` ≠ ``"all"``) repeat the comparison within each ty
 Counts are rows ``n_cells_reference`` / ``n_cells_compared``.
 """
 
-from cellsynth.evaluation.figures import (
-    figure_to_image,
-    figure_to_png,
-    plot_metrics_vs_floor,
-    plot_reference_pca,
-    plot_training_curves,
-)
+from cellsynth.evaluation.figures import plot_metrics_vs_floor, plot_reference_pca, plot_training_curves
 from cellsynth.evaluation.protocol import (
     COLUMNS,
     FLOOR,
@@ -84,7 +78,7 @@ from cellsynth.evaluation.protocol import (
     run_info_rows,
     validate_long_frame,
 )
-from cellsynth.evaluation.report import ReportFigure, ReportTable, build_report_html
+from cellsynth.evaluation.report import evaluation_section
 from cellsynth.evaluation.tables import (
     TABLE_NOTES,
     honest_table,
@@ -106,16 +100,12 @@ __all__ = [
     "REAL_ONLY",
     "REAL_TRAIN_VS_TEST",
     "RUN",
-    "ReportFigure",
-    "ReportTable",
     "SANITY_BASELINES",
     "TABLE_NOTES",
     "UTILITY",
     "EvaluationSettings",
     "add_floor_ratios",
-    "build_report_html",
-    "figure_to_image",
-    "figure_to_png",
+    "evaluation_section",
     "fit_reference_space",
     "generator_metrics",
     "halves_from_split",

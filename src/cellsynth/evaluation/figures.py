@@ -26,9 +26,9 @@ from cellsynth.evaluation.protocol import (
 )
 from cellsynth.evaluation.tables import METRIC_LABELS, generator_order
 from cellsynth.metrics import METRIC_TARGETS, ReferenceSpace
-from cellsynth.plotting import figure_to_image, figure_to_png, grid_shape, new_figure
+from cellsynth.reporting.figures import grid_shape, new_figure
 
-__all__ = ["figure_to_image", "figure_to_png", "plot_metrics_vs_floor", "plot_reference_pca", "plot_training_curves"]
+__all__ = ["plot_metrics_vs_floor", "plot_reference_pca", "plot_training_curves"]
 
 BAR_METRICS = ("wd", "cd", "mmd", "mmd_unbiased", "c2st_auc", "precision", "recall", "memorization")
 _MODEL_COLOUR = "#3b6fb6"

@@ -1,45 +1,15 @@
-"""A self-contained HTML report: inline CSS, figures as base64 PNG, no script, no external link.
-
-It opens from disk with no server and no network (``file:///.../report.html``).
-"""
+"""The evaluation's part of the report: how to read it, and its section (built by :mod:`cellsynth.reporting.html`)."""
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
-import pandas as pd
-import yaml
+from cellsynth.reporting.html import Figure, Table, section
 
-__all__ = ["HOW_TO_READ", "ReportFigure", "ReportTable", "build_report_html"]
+__all__ = ["HOW_TO_READ", "SECTION_ID", "SECTION_TITLE", "evaluation_section"]
 
-
-@dataclass
-class ReportTable:
-    """A table of the report: its title, the table itself, and notes printed under it."""
-
-    title: str
-    table: pd.DataFrame
-    notes: Sequence[str] = field(default_factory=tuple)
-    anchor: str = ""
-    label_columns: int = 1
-    """Leading columns holding labels (left-aligned); the others hold values (right-aligned)."""
-
-
-@dataclass
-class ReportFigure:
-    """A figure of the report: its title, PNG bytes, and a caption."""
-
-    title: str
-    png: bytes
-    caption: str = ""
-    name: str = ""
-    """File stem when the figure is saved on its own (e.g. as an MLflow artifact)."""
-
+SECTION_ID = "evaluation"
+SECTION_TITLE = "Evaluation: synthetic cells against real cells"
 
 HOW_TO_READ = """
 <p>Every distribution metric is computed in one <b>reference space</b> per fold: a StandardScaler and a
@@ -78,95 +48,9 @@ of the rare types is where synthetic cells should help.</li>
 </ul>
 """
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1300px;
-color:#222;line-height:1.45;padding:0 1em}
-h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.meta{color:#555;font-size:.92em}
-table.metrics{border-collapse:collapse;font-size:.86em;margin:.6em 0;display:block;overflow-x:auto}
-table.metrics th,table.metrics td{border:1px solid #d5d5d5;padding:.3em .55em;text-align:right;white-space:nowrap}
-table.metrics th{background:#f1f3f6}
-table.metrics td:first-child,table.metrics th:first-child{text-align:left}
-table.labels2 td:nth-child(2),table.labels2 th:nth-child(2){text-align:left}
-table.metrics tr:nth-child(even) td{background:#fafafa}
-.note{color:#555;font-size:.85em;margin:.2em 0}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e3e3e3}
-figcaption{color:#555;font-size:.85em}
-pre{background:#f6f8fa;padding:.8em;font-size:.8em;overflow-x:auto;border:1px solid #e3e3e3}
-nav a{margin-right:1em}
-"""
 
-
-def _table_html(item: ReportTable) -> str:
-    classes = ["metrics"] + (["labels2"] if item.label_columns >= 2 else [])
-    body = item.table.to_html(index=False, escape=True, border=0, classes=classes, na_rep="—")
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in item.notes)
-    anchor = f' id="{html.escape(item.anchor)}"' if item.anchor else ""
-    return f"<h2{anchor}>{html.escape(item.title)}</h2>\n{body}\n{notes}"
-
-
-def _figure_html(item: ReportFigure) -> str:
-    data = base64.b64encode(item.png).decode("ascii")
-    caption = f"<figcaption>{html.escape(item.caption)}</figcaption>" if item.caption else ""
-    return (f"<figure><h3>{html.escape(item.title)}</h3>"
-            f'<img alt="{html.escape(item.title)}" src="data:image/png;base64,{data}">{caption}</figure>')
-
-
-def build_report_html(
-    *,
-    dataset: str,
-    tables: Sequence[ReportTable],
-    figures: Sequence[ReportFigure],
-    parameters: Mapping[str, Any],
-    summary_lines: Sequence[str] = (),
-    generated: str | None = None,
-) -> str:
-    """The report as one HTML string (UTF-8; no script; every image a ``data:`` URI).
-
-    Parameters
-    ----------
-    dataset : str
-        Dataset name for the title.
-    tables : sequence of ReportTable
-    figures : sequence of ReportFigure
-    parameters : mapping
-        The run's parameters, shown as YAML.
-    summary_lines : sequence of str
-        Short facts shown under the title (folds, generators, ...).
-    generated : str, optional
-        Timestamp text (default: now, UTC).
-    """
-    generated = generated or _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    nav = "".join(f'<a href="#{html.escape(t.anchor)}">{html.escape(t.title)}</a>' for t in tables if t.anchor)
-    facts = "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines)
-    params = yaml.safe_dump(_plain(parameters), sort_keys=False, allow_unicode=True, default_flow_style=False)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>cellsynth evaluation: {html.escape(dataset)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>cellsynth evaluation: {html.escape(dataset)}</h1>",
-        f'<p class="meta">Generated {html.escape(generated)}</p>',
-        f"<ul class=\"meta\">{facts}</ul>" if facts else "",
-        f"<nav>{nav}<a href=\"#figures\">Figures</a><a href=\"#parameters\">Parameters</a></nav>",
-        '<h2 id="how-to-read">How to read this</h2>',
-        HOW_TO_READ,
-        *(_table_html(t) for t in tables),
-        '<h2 id="figures">Figures</h2>',
-        *(_figure_html(f) for f in figures),
-        '<h2 id="parameters">Parameters of the run</h2>',
-        f"<pre>{html.escape(params)}</pre>",
-        "</body></html>",
-    ]
-    return "\n".join(p for p in parts if p) + "\n"
-
-
-def _plain(value: Any) -> Any:
-    """Parameters as plain YAML-safe Python (mappings, lists, scalars; anything else as text)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
+def evaluation_section(dataset: str, tables: Sequence[Table], figures: Sequence[Figure],
+                       summary_lines: Sequence[str] = ()) -> str:
+    """The evaluation's section fragment: facts, how to read it, the tables and the figures."""
+    return section(SECTION_ID, SECTION_TITLE, dataset=dataset, tables=tables, figures=figures, facts=summary_lines,
+                   intro_html=f'<h3 id="how-to-read">How to read this</h3>\n{HOW_TO_READ.strip()}')

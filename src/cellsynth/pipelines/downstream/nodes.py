@@ -11,7 +11,6 @@ MLflow run with the tables and figures).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -30,13 +29,15 @@ from cellsynth.downstream.report import (
     REAL_PLUS_SYNTHETIC,
     REAL_TRAIN_VS_TEST,
     REAL_TRAINING,
+    SECTION_ID,
+    SECTION_TITLE,
     SYNTHETIC_ONLY,
-    SectionFigure,
-    SectionTable,
-    build_section_html,
+    downstream_section,
     interaction_summary,
     preservation_summary,
 )
+from cellsynth.reporting.figures import figure_to_image, image_to_png
+from cellsynth.reporting.html import Figure, Table, missing_section
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,6 @@ def _interactions(cells: AnnData, downstream: dict[str, Any], name: str) -> pd.D
 
 def _dpi(downstream: dict[str, Any]) -> int:
     return int((downstream.get("figures") or {}).get("dpi", 110))
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _log_to_generator_run(adata: AnnData, metrics: dict[str, float]) -> None:
@@ -130,7 +125,7 @@ def real_cell_markers(
     fig = figures.plot_marker_violins(
         genes, real, label_key=LABEL_KEY,
         title=f"Fold {fold}: most significant mutually exclusive marker of each cell type, real cells (train + test)")
-    return ranking, top, candidates, check, figures.figure_to_image(fig, dpi=_dpi(downstream))
+    return ranking, top, candidates, check, figure_to_image(fig, dpi=_dpi(downstream))
 
 
 def reference_markers(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
@@ -202,7 +197,7 @@ def synthetic_markers(
     fig = figures.plot_marker_violins(
         genes, test, synthetic, label_key=LABEL_KEY, real_name="test cells", synthetic_name=f"{generator} cells",
         title=f"{generator}, fold {fold}: the real cells' top marker of each type, test vs synthetic cells")
-    return ranking, candidates, figures.figure_to_image(fig, dpi=_dpi(downstream))
+    return ranking, candidates, figure_to_image(fig, dpi=_dpi(downstream))
 
 
 def _augmentation(synthetic: AnnData, upsample: AnnData, downstream: dict[str, Any]) -> tuple[str, AnnData]:
@@ -281,7 +276,7 @@ def plot_fold_interactions(
         n_pairs=int(f.get("dotplot_pairs", 15)), n_celltype_pairs=int(f.get("dotplot_celltype_pairs", 12)),
         title=f"Fold {fold}: strongest ligand–receptor pairs of the test cells, in every set of cells")
     dpi = _dpi(downstream)
-    return figures.figure_to_image(heatmaps, dpi=dpi), figures.figure_to_image(dotplot, dpi=dpi)
+    return figure_to_image(heatmaps, dpi=dpi), figure_to_image(dotplot, dpi=dpi)
 
 
 def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
@@ -306,7 +301,7 @@ def explain_downstream_skipped(dataset: dict[str, Any], *, method: str) -> str:
               "log-normalised, non-negative expression. Run the downstream pipeline on one dataset, or with "
               "integration.method: none, to analyse the biology.")
     log.warning(reason)
-    return build_section_html([], [], [reason])
+    return missing_section(SECTION_ID, SECTION_TITLE, reason, dataset=str(dataset.get("name", "data")))
 
 
 def build_downstream_section(
@@ -325,8 +320,8 @@ def build_downstream_section(
     n_markers = int((downstream.get("figures") or {}).get("report_markers_per_type", 5))
     options = _marker_options(downstream)
     i = downstream.get("interactions") or {}
-    tables: list[SectionTable] = []
-    figs: list[SectionFigure] = []
+    tables: list[Table] = []
+    figs: list[Figure] = []
     facts: list[str] = []
     marker_note = (f"{downstream.get('markers', {}).get('method', 'wilcoxon')} test; markers: adjusted p < "
                    f"{options['max_pval_adj']}, log2FC > {options['min_logfc']}, top {options['n_top']} per type "
@@ -338,39 +333,39 @@ def build_downstream_section(
         facts.append(f"Fold {k}: {coverage['pairs_measured']} of the {coverage['pairs_in_resource']} ligand–receptor "
                      f"pairs of the {i.get('resource_name', 'consensus')} resource can be scored on the test cells (all "
                      "their genes among the fold's HVGs and detected); the others cannot be analysed.")
-        tables.append(SectionTable(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
-                                   figures.marker_summary_rows(candidates, n_markers),
-                                   [marker_note, f"Full table: data/08_reporting/downstream/fold_{k}/candidate_markers_real.csv."]))
+        tables.append(Table(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
+                            figures.marker_summary_rows(candidates, n_markers),
+                            [marker_note, f"Full table: data/08_reporting/downstream/fold_{k}/candidate_markers_real.csv."]))
         if len(check):
             shown = check.assign(position=check["position"].map(lambda v: "–" if pd.isna(v) else str(int(v))))
-            tables.append(SectionTable(f"Textbook markers among the real cells' markers, fold {k} ({name})",
-                                       shown[["cell_type", "gene", "measured", "in_top", "position", "unique",
-                                              "type_ok"]],
-                                       ["in_top: in the type's top list; unique: a mutually exclusive candidate; "
-                                        "type_ok: one of the type's textbook markers is in its top list."]))
-        figs.append(SectionFigure(f"Fig 5: top marker of each cell type, real cells, fold {k}", _png(violins),
-                                  "Each panel: one type's most significant mutually exclusive marker (type shaded), expression "
-                                  "in every cell type; fold's training + test cells."))
+            tables.append(Table(f"Textbook markers among the real cells' markers, fold {k} ({name})",
+                                shown[["cell_type", "gene", "measured", "in_top", "position", "unique",
+                                       "type_ok"]],
+                                ["in_top: in the type's top list; unique: a mutually exclusive candidate; "
+                                 "type_ok: one of the type's textbook markers is in its top list."], label_columns=2))
+        figs.append(Figure(f"Fig 5: top marker of each cell type, real cells, fold {k}", image_to_png(violins),
+                           "Each panel: one type's most significant mutually exclusive marker (type shaded), expression "
+                           "in every cell type; fold's training + test cells."))
         for g, image in zip(generators, generator_violins, strict=True):
-            figs.append(SectionFigure(f"Markers in {g}'s cells, fold {k}", _png(image),
-                                      "The real cells' top markers: test cells (blue) and the generator's matched "
-                                      "synthetic cells (red) per cell type."))
-        figs.append(SectionFigure(f"Fig 6: significant interactions between cell types, fold {k}", _png(heatmaps),
-                                  f"Count of interactions with p ≤ {i.get('alpha', 0.05)} per source × target type "
-                                  "(one colour scale); grey: type not analysed in that set (too few cells)."))
-        figs.append(SectionFigure(f"Fig 7: strongest ligand–receptor pairs, fold {k}", _png(dotplot),
-                                  "Rows and columns chosen on the test cells; colour: interaction mean; size: −log10 p; "
-                                  "black edge: significant; no dot: mean 0 (a partner not detected) or type not analysed."))
-    tables.insert(0, SectionTable("Interactions: aligned RMSE of interaction means against the test cells (Table 4)",
-                                  interaction_summary(interactions_rmse),
-                                  [f"LIANA CellPhoneDB, resource {i.get('resource_name', 'consensus')}, "
-                                   f"expr_prop {i.get('expr_prop', 0.1)}, {i.get('n_perms', 1000)} permutations "
-                                   f"(seed {i.get('seed', 0)}), min {i.get('min_cells', 5)} cells per type.",
-                                   "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
-                                   "types_excluded)."]))
-    tables.insert(0, SectionTable("Marker preservation against the test cells",
-                                  preservation_summary(marker_preservation),
-                                  [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
+            figs.append(Figure(f"Markers in {g}'s cells, fold {k}", image_to_png(image),
+                               "The real cells' top markers: test cells (blue) and the generator's matched "
+                               "synthetic cells (red) per cell type."))
+        figs.append(Figure(f"Fig 6: significant interactions between cell types, fold {k}", image_to_png(heatmaps),
+                           f"Count of interactions with p ≤ {i.get('alpha', 0.05)} per source × target type "
+                           "(one colour scale); grey: type not analysed in that set (too few cells)."))
+        figs.append(Figure(f"Fig 7: strongest ligand–receptor pairs, fold {k}", image_to_png(dotplot),
+                           "Rows and columns chosen on the test cells; colour: interaction mean; size: −log10 p; "
+                           "black edge: significant; no dot: mean 0 (a partner not detected) or type not analysed."))
+    tables.insert(0, Table("Interactions: aligned RMSE of interaction means against the test cells (Table 4)",
+                           interaction_summary(interactions_rmse),
+                           [f"LIANA CellPhoneDB, resource {i.get('resource_name', 'consensus')}, "
+                            f"expr_prop {i.get('expr_prop', 0.1)}, {i.get('n_perms', 1000)} permutations "
+                            f"(seed {i.get('seed', 0)}), min {i.get('min_cells', 5)} cells per type.",
+                            "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
+                            "types_excluded)."], label_columns=2))
+    tables.insert(0, Table("Marker preservation against the test cells",
+                           preservation_summary(marker_preservation),
+                           [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
     choice = str(i.get("real_plus_synthetic", "upsample"))
     facts = [
         f"Dataset: {name}; folds: {', '.join(str(k) for k in folds)}; generators: {', '.join(generators) or 'none'}",
@@ -379,13 +374,13 @@ def build_downstream_section(
            else "matched cells (as many as the test cells)") + ".",
         *facts,
     ]
-    text = build_section_html(tables, figs, facts)
+    text = downstream_section(name, tables, figs, facts)
     _log_section_to_parent_run(text, marker_preservation, interactions_rmse, figs)
     return text
 
 
 def _log_section_to_parent_run(text: str, markers: pd.DataFrame, rmse: pd.DataFrame,
-                               figs: list[SectionFigure]) -> None:
+                               figs: list[Figure]) -> None:
     recorder = tracking.parent_recorder()
     if not recorder.run_id:
         return

@@ -9,8 +9,6 @@ MLflow run; the reporting nodes collect everything into ``metrics.parquet``, tab
 
 from __future__ import annotations
 
-import html
-import io
 import logging
 import os
 import re
@@ -24,9 +22,10 @@ from anndata import AnnData
 
 from cellsynth import evaluation as ev
 from cellsynth import tracking
-from cellsynth.downstream.report import insert_section
-from cellsynth.evaluation.report import ReportFigure, ReportTable
+from cellsynth.evaluation.report import evaluation_section
 from cellsynth.metrics import ReferenceSpace
+from cellsynth.reporting.figures import figure_to_image, image_to_png
+from cellsynth.reporting.html import Figure, Table, page, section_dataset
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def plot_fold_pca(
         seed=ev.EvaluationSettings.from_params(evaluation).seed, max_cells=int(figures.get("pca_max_cells", 3000)),
         clip_quantile=float(figures.get("pca_clip_quantile", 0.005)),
     )
-    return ev.figure_to_image(fig, dpi=int(figures.get("dpi", 110)))
+    return figure_to_image(fig, dpi=int(figures.get("dpi", 110)))
 
 
 # ----------------------------------------------------------------------------- generator level
@@ -204,19 +203,13 @@ def make_tables(metrics: pd.DataFrame) -> tuple[pd.DataFrame, str, pd.DataFrame,
 def plot_metrics_vs_floor(metrics: pd.DataFrame, evaluation: dict[str, Any]):
     """Bar chart of each honest metric: generators against the floor (an image)."""
     dpi = int((evaluation.get("figures") or {}).get("dpi", 110))
-    return ev.figure_to_image(ev.plot_metrics_vs_floor(metrics), dpi=dpi)
+    return figure_to_image(ev.plot_metrics_vs_floor(metrics), dpi=dpi)
 
 
 def plot_training_curves(evaluation: dict[str, Any], *histories: pd.DataFrame):
     """Training (and validation) loss per epoch of every generator and fold (an image)."""
     dpi = int((evaluation.get("figures") or {}).get("dpi", 110))
-    return ev.figure_to_image(ev.plot_training_curves(histories), dpi=dpi)
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return figure_to_image(ev.plot_training_curves(histories), dpi=dpi)
 
 
 def _report_parameters(parameters: Mapping[str, Any], generators: list[str]) -> dict[str, Any]:
@@ -245,33 +238,33 @@ def build_report(
     generators = [g for g in ev.tables.generator_order(metrics["generator"]) if g not in ev.protocol.REAL_GENERATORS]
     published = []
     if dataset.lower() == "pbmc3k":
-        published = [ReportTable("For comparison: Table 1 as published (PBMC3K)", ev.tables.PUBLISHED_TABLE_1_PBMC3K,
-                                 ["Turgut Ögme et al. 2025, Table 1 (the paper's own generators and runs)."],
-                                 "published_table1")]
+        published = [Table("For comparison: Table 1 as published (PBMC3K)", ev.tables.PUBLISHED_TABLE_1_PBMC3K,
+                           ["Turgut Ögme et al. 2025, Table 1 (the paper's own generators and runs)."],
+                           "published_table1")]
     verdict = ev.tables.utility_verdict(metrics)
     tables = [
-        ReportTable(f"Table 1: the paper's protocol ({dataset})", paper_table, ev.TABLE_NOTES["paper"], "table1_paper"),
+        Table(f"Table 1: the paper's protocol ({dataset})", paper_table, ev.TABLE_NOTES["paper"], "table1_paper"),
         *published,
-        ReportTable("Honest protocol: against half A, with ratios to the floor", honest_table,
-                    ev.TABLE_NOTES["honest"], "table_honest"),
-        ReportTable(f"Table 3: up-sampling and classification utility ({dataset})", utility_table,
-                    [verdict, *ev.TABLE_NOTES["utility"]], "table3_utility"),
-        ReportTable("Honest protocol per cell type", per_type_table, ev.TABLE_NOTES["per_type"], "table_per_type",
-                    label_columns=2),
-        ReportTable("Generator runs", ev.run_table(metrics),
-                    ["Fit and sampling time (s), epochs and peak memory (GiB) from the generation runs."], "table_runs"),
+        Table("Honest protocol: against half A, with ratios to the floor", honest_table,
+              ev.TABLE_NOTES["honest"], "table_honest"),
+        Table(f"Table 3: up-sampling and classification utility ({dataset})", utility_table,
+              [verdict, *ev.TABLE_NOTES["utility"]], "table3_utility"),
+        Table("Honest protocol per cell type", per_type_table, ev.TABLE_NOTES["per_type"], "table_per_type",
+              label_columns=2),
+        Table("Generator runs", ev.run_table(metrics),
+              ["Fit and sampling time (s), epochs and peak memory (GiB) from the generation runs."], "table_runs"),
     ]
     figures = [
-        ReportFigure("Honest metrics against the floor", _png(metrics_vs_floor),
-                     "Bars: fold mean (± sd) of each generator; red dashed line: the real floor (B vs A).",
-                     "metrics_vs_floor"),
-        *(ReportFigure(f"Reference space, fold {k} (the paper's Fig 4)", _png(image),
-                       "Grey: training cells, blue: test cells, red: the generator's cells; PC1/PC2 of the "
-                       "PCA fitted on the training cells.", f"pca_fold_{k}")
+        Figure("Honest metrics against the floor", image_to_png(metrics_vs_floor),
+               "Bars: fold mean (± sd) of each generator; red dashed line: the real floor (B vs A).",
+               "metrics_vs_floor"),
+        *(Figure(f"Reference space, fold {k} (the paper's Fig 4)", image_to_png(image),
+                 "Grey: training cells, blue: test cells, red: the generator's cells; PC1/PC2 of the "
+                 "PCA fitted on the training cells.", f"pca_fold_{k}")
           for k, image in zip(folds, pca_figures, strict=True)),
-        ReportFigure("Training curves", _png(training_curves),
-                     "Per-epoch loss from the training histories (generators without epochs are not shown).",
-                     "training_curves"),
+        Figure("Training curves", image_to_png(training_curves),
+               "Per-epoch loss from the training histories (generators without epochs are not shown).",
+               "training_curves"),
     ]
     summary_lines = [
         f"Folds: {', '.join(str(k) for k in sorted(metrics['fold'].unique()))}",
@@ -279,10 +272,9 @@ def build_report(
         f"Metrics rows: {len(metrics)} (data/08_reporting/metrics.parquet)",
         f"Utility: {verdict}",
     ]
-    text = ev.build_report_html(dataset=dataset, tables=tables, figures=figures,
-                                parameters=_report_parameters(parameters, generators), summary_lines=summary_lines)
-    for section in _optional_sections(dataset):
-        text = insert_section(text, section)
+    sections = [evaluation_section(dataset, tables, figures, summary_lines), *_optional_sections(dataset)]
+    text = page(title=f"cellsynth evaluation: {dataset}", sections=sections,
+                parameters=_report_parameters(parameters, generators))
     _log_to_parent_run(metrics, tables, figures, text)
     return text
 
@@ -300,14 +292,14 @@ def _optional_sections(dataset: str) -> list[str]:
         path = REPORTING / name
         if path.is_file():
             section = path.read_text(encoding="utf-8")
-            if f'data-dataset="{html.escape(dataset)}"' in section or "data-dataset=" not in section:
+            if section_dataset(section) in (dataset, None):
                 sections.append(section)
             else:
                 log.info("report: skipping %s (written for another dataset)", path)
     return sections
 
 
-def _log_to_parent_run(metrics: pd.DataFrame, tables: list[ReportTable], figures: list[ReportFigure],
+def _log_to_parent_run(metrics: pd.DataFrame, tables: list[Table], figures: list[Figure],
                        report_html: str) -> None:
     recorder = tracking.parent_recorder()
     if not recorder.run_id:
@@ -325,8 +317,8 @@ def _log_to_parent_run(metrics: pd.DataFrame, tables: list[ReportTable], figures
             metrics.to_parquet(root / "metrics.parquet", index=False)
             for i, item in enumerate(tables):
                 stem = item.anchor or f"table_{i}"
-                item.table.to_csv(root / f"{stem}.csv", index=False)
-                (root / f"{stem}.md").write_text(ev.to_markdown(item.table, item.title, item.notes), encoding="utf-8")
+                item.frame.to_csv(root / f"{stem}.csv", index=False)
+                (root / f"{stem}.md").write_text(ev.to_markdown(item.frame, item.title, item.notes), encoding="utf-8")
             for i, item in enumerate(figures):
                 (root / f"{item.name or f'figure_{i}'}.png").write_bytes(item.png)
             recorder.log_artifacts(root, artifact_path="evaluation")

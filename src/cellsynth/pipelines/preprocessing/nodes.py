@@ -21,6 +21,7 @@ from cellsynth.config import (
 )
 from cellsynth.data import InputDataError, integration, normalise, quality_control, validate_counts
 from cellsynth.data.validation import drop_unusable_cells
+from cellsynth.reporting.figures import figure_to_png
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def score_integration(
     correction = normalised_cells.uns.get("batch_correction", {})
     method = str(correction.get("method", settings.method))
     figure = integration.integration_figure(scores, method=method, n_neighbors=scoring.n_neighbors, seed=scoring.seed)
-    png = integration.figure_png(figure)
+    png = figure_to_png(figure, tight=True)
     import matplotlib.pyplot as plt
 
     plt.close(figure)
