@@ -2,7 +2,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from cellsynth.pipelines._binding import bind
 from cellsynth.pipelines.evaluation.nodes import (
-    build_report,
+    build_evaluation_section,
     classify_real_only,
     classify_with_synthetic,
     collect_metrics,
@@ -82,11 +82,12 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
     * ``fold_<k>``: ``fit_reference_space`` (``fold_<k>.reference_space``), ``split_test_halves``
       (``fold_<k>.honest_split``), ``evaluate_real_data`` (``fold_<k>.real_metrics``: paper "train vs
       test" and the honest floor) and ``classify_real_only``;
-    * ``<generator>.fold_<k>``: ``evaluate_synthetic`` (paper, paper_upsample, honest; logged into the
-      generator's MLflow run) and ``classify_with_synthetic`` (random forest on real + up-sampling cells);
+    * ``<generator>.fold_<k>``: ``evaluate_synthetic`` (paper, paper_upsample, honest) and
+      ``classify_with_synthetic`` (random forest on real + up-sampling cells);
     * reporting: ``collect_metrics`` (``data/08_reporting/metrics.parquet``), ``summarise_metrics``,
       ``make_tables``, the figures (``plot_reference_pca_fold_<k>`` draws ``fold_<k>.pca_figure``) and
-      ``build_report`` (``report.html``, logged into the parent run).
+      ``build_evaluation_section`` (the report's evaluation section; the ``report`` pipeline assembles
+      ``report.html``).
 
     Reads what the generation pipeline saved; ``kedro run --pipeline evaluation --namespaces maf.fold_0``
     re-scores one generator (the fold-level outputs must exist).
@@ -113,11 +114,11 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
             node(plot_training_curves, ["params:evaluation", *histories], "training_curves_figure",
                  name="plot_training_curves"),
             node(
-                bind(build_report, folds=folds),
+                bind(build_evaluation_section, folds=folds),
                 ["evaluation_metrics", *tables[0::2], "metrics_vs_floor_figure", "training_curves_figure",
-                 "parameters", *[f"fold_{k}.pca_figure" for k in folds]],
-                "evaluation_report",
-                name="build_report",
+                 "params:dataset", *[f"fold_{k}.pca_figure" for k in folds]],
+                "evaluation_section",
+                name="build_evaluation_section",
             ),
         ]
     )
