@@ -39,7 +39,7 @@ color:#222;line-height:1.45;padding:0 1em}
 h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 h3{font-size:1.1em;margin:1.4em 0 .3em}
 .meta,ul.facts{color:#555;font-size:.92em}
-nav a,p.contents a{margin-right:1em}
+nav a,p.contents a{margin-right:1em}p.contents{font-size:.92em}
 table.cellsynth-table{border-collapse:collapse;font-size:.86em;margin:.6em 0;display:block;overflow-x:auto}
 table.cellsynth-table th,table.cellsynth-table td{border:1px solid #d5d5d5;padding:.3em .55em;text-align:right;
 white-space:nowrap}
