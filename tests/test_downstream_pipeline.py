@@ -96,7 +96,7 @@ def _write_fold(root: Path, generators: tuple[str, ...]) -> None:
             synthetic = ad.AnnData(X=X, obs=pd.DataFrame({"cell_type": train.obs["cell_type"].to_numpy()[rows]},
                                                          index=[f"{name}_{mode}_{i}" for i in range(n)]),
                                    var=pd.DataFrame(index=train.var_names))
-            synthetic.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": mode, "mlflow_run_id": ""}
+            synthetic.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": mode}
             synthetic.write_h5ad(out / ("synthetic.h5ad" if mode == "matched" else "upsample.h5ad"))
 
 
@@ -133,8 +133,11 @@ def test_kedro_run_downstream_on_real_cells(tmp_path, monkeypatch):
     for figure in ("marker_violins_real_fold_0", "marker_violins_noisy_fold_0", "interaction_heatmaps_fold_0",
                    "interaction_dotplot_fold_0"):
         assert (reporting / "downstream" / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
-    section = (reporting / "downstream_section.html").read_text(encoding="utf-8")
+    section = (reporting / "sections" / "downstream.html").read_text(encoding="utf-8")
     assert section.count("data:image/png;base64,") == 5 and "http" not in section
+    # the report holds it, and says that the evaluation (never run here) was not computed
+    report = (reporting / "report.html").read_text(encoding="utf-8")
+    assert section.strip() in report and "kedro run --pipelines evaluation" in report
 
 
 def test_batch_corrected_runs_explain_instead_of_analysing(monkeypatch):
@@ -151,6 +154,7 @@ def test_batch_corrected_runs_explain_instead_of_analysing(monkeypatch):
     pipe = create_pipeline(RunMatrix(folds=(0,), generators=("maf",)))
     assert [n.name for n in pipe.nodes] == ["explain_downstream_skipped"]
     assert pipe.all_outputs() == {"downstream_section"}
-    section = pipe.nodes[0].func({"name": "merged"})
+    merged = {"name": "merged", "path": "unused.h5ad", "label_key": "unused"}
+    section = pipe.nodes[0].func(merged)
     assert 'id="downstream"' in section and "integration.method=linear" in section
-    assert "not valid input for marker tests or CellPhoneDB" in explain_downstream_skipped({"name": "x"}, method="combat")
+    assert "not valid input for marker tests or CellPhoneDB" in explain_downstream_skipped(merged, method="combat")

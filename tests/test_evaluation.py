@@ -24,7 +24,7 @@ def synthetic_from(matrix: np.ndarray, labels, name: str, var_names) -> AnnData:
         index=[f"{name}_{i}" for i in range(len(labels))],
     )
     adata = AnnData(X=np.asarray(matrix, dtype=np.float32), obs=obs, var=pd.DataFrame(index=list(var_names)))
-    adata.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": "matched", "mlflow_run_id": "",
+    adata.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": "matched",
                               "fit_seconds": 1.5, "sample_seconds": 0.25}
     return adata
 

@@ -19,7 +19,7 @@ from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
 FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only"]
 GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic"]
 REPORT_NODES = ["collect_metrics", "summarise_metrics", "make_tables", "plot_metrics_vs_floor",
-                "plot_training_curves", "build_report"]
+                "plot_training_curves", "build_evaluation_section"]
 
 
 def test_pipeline_builds_for_a_run_matrix():
@@ -43,13 +43,13 @@ def test_pipeline_builds_for_a_run_matrix():
     free = pipe.inputs()
     assert free == {f"fold_{k}.{s}" for k in (0, 2) for s in ("train", "test")} | {
         f"{g}.fold_{k}.{s}" for g in ("maf", "train_copy") for k in (0, 2)
-        for s in ("synthetic", "upsample", "training_history")} | {"params:evaluation", "params:dataset", "parameters"}
+        for s in ("synthetic", "upsample", "training_history")} | {"params:evaluation", "params:dataset"}
     # every dataset it writes is a catalog entry (factory patterns of conf/base/catalog*.yml)
     config = {}
     for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
         config.update(yaml.safe_load(path.read_text()))
     resolver = CatalogConfigResolver(config)
-    unmatched = [d for d in pipe.all_outputs() | free - {"parameters"}
+    unmatched = [d for d in pipe.all_outputs() | free
                  if not d.startswith("params:") and d not in config and resolver.match_dataset_pattern(d) is None]
     assert unmatched == []
     # without generators: the fold-level nodes and the report still build
@@ -79,7 +79,7 @@ def write_fake_generation_outputs(root: Path, factory, generators: tuple[str, ..
                                   "generator": name}, index=[f"{name}_{mode}_{i}" for i in range(n)]),
                 var=pd.DataFrame(index=train.var_names),
             )
-            cells.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": mode, "mlflow_run_id": "",
+            cells.uns["cellsynth"] = {"generator": name, "fold": 0, "mode": mode,
                                       "fit_seconds": 2.0, "sample_seconds": 0.5}
             cells.write_h5ad(out / ("synthetic.h5ad" if mode == "matched" else "upsample.h5ad"))
         epochs = 0 if name == "train_copy" else 3
@@ -113,7 +113,7 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     assert (metrics["dataset"] == "tiny").all()
     copy = metrics.query("generator == 'train_copy' and protocol == 'honest' and cell_type == 'all'")
     assert copy.set_index("metric").loc["memorization", "value"] < 0.1
-    split = pd.read_parquet(root / "data" / "07_model_output" / "evaluation" / "fold_0" / "honest_split.parquet")
+    split = pd.read_parquet(root / "data" / "05_model_input" / "fold_0" / "honest_split.parquet")
     assert sorted(split["half"].unique()) == ["A", "B"] and len(split) == 120
     for name in ("table1_paper", "table3_utility", "table_honest", "table_per_type"):
         assert (reporting / f"{name}.csv").is_file() and (reporting / f"{name}.md").is_file()
@@ -124,5 +124,7 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     report = (reporting / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") == 3 and "http" not in report
     assert "Table 1" in report and "Table 3" in report and "real (B vs A floor)" in report
+    # downstream never ran here: the report says so instead of leaving it out (or showing an old file)
+    assert 'id="downstream"' in report and "Not computed." in report and "kedro run --pipelines downstream" in report
     assert (root / "data" / "06_models" / "evaluation" / "fold_0" / "reference_space.pkl").is_file()
     assert (root / "data" / "07_model_output" / "evaluation" / "fake_flow" / "fold_0" / "honest_sample.parquet").is_file()

@@ -247,6 +247,6 @@ def test_integrated_pbmc_environment_on_real_subsets(tmp_path, monkeypatch):
     reporting = root / "data" / "08_reporting"
     scores = pd.read_csv(reporting / "integration_scores.csv").set_index("metric")
     assert scores.loc["asw_batch", "after"] > scores.loc["asw_batch", "before"]
-    section = (reporting / "integration_section.html").read_text()
+    section = (reporting / "sections" / "integration.html").read_text()
     assert section.startswith('<section id="integration"') and "data:image/png;base64," in section
     assert (reporting / "figures" / "integration_umap.png").stat().st_size > 10_000

@@ -1,8 +1,10 @@
 """Project pipelines.
 
 ``generation`` is registered with its upstream nodes (preprocessing, splitting) so that
-``kedro run --pipeline generation`` works on a fresh clone; ``evaluation`` and ``downstream`` read
-what generation saved (run ``generation`` first, or the default pipeline, which runs everything).
+``kedro run --pipelines generation`` works on a fresh clone; ``evaluation`` and ``downstream`` read
+what generation saved (run ``generation`` first, or the default pipeline, which runs everything),
+and both end with the ``report`` node, so ``report.html`` holds every section computed so far,
+whichever order they ran in.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from cellsynth import run_matrix
-from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, splitting
+from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, report, splitting
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -20,11 +22,13 @@ def register_pipelines() -> dict[str, Pipeline]:
     gen = generation.create_pipeline(matrix)
     evaluate = evaluation.create_pipeline(matrix)
     down = downstream.create_pipeline(matrix)
+    assemble = report.create_pipeline()
     return {
         "preprocessing": prep,
         "splitting": prep + split,
         "generation": prep + split + gen,
-        "evaluation": evaluate,
-        "downstream": down,
-        "__default__": prep + split + gen + evaluate + down,
+        "evaluation": evaluate + assemble,
+        "downstream": down + assemble,
+        "report": assemble,
+        "__default__": prep + split + gen + evaluate + down + assemble,
     }

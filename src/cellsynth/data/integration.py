@@ -33,6 +33,9 @@ from cellsynth.reporting.html import Figure, Table, section
 
 log = logging.getLogger(__name__)
 
+SECTION_ID = "integration"
+SECTION_TITLE = "Dataset integration"
+
 METHODS = ("none", "combat", "linear")
 UNCORRECTED_LAYER = "log_uncorrected"
 
@@ -602,7 +605,7 @@ def integration_section_html(
         Table("Shared genes", genes),
         Table("Label harmonisation", labels, label_columns=3),
     ]
-    return section("integration", "Dataset integration", dataset=dataset, tables=tables, figures=[figure], facts=facts)
+    return section(SECTION_ID, SECTION_TITLE, dataset=dataset, tables=tables, figures=[figure], facts=facts)
 
 
 def cells_per_type(adata: AnnData) -> pd.DataFrame:

@@ -3,27 +3,22 @@
 Fold level (namespace ``fold_<k>``): markers of the real cells (S1 Table, Fig 5, textbook check),
 marker rankings and CellPhoneDB interactions of the test and the real training cells, and the real
 "train vs test" comparison. Generator level (namespace ``<generator>.fold_<k>``): the same on the
-generator's cells (synthetic only, and real training + synthetic), scored against the test cells and
-logged into the generator's MLflow run. Reporting: heatmaps (Fig 6) and dot plot (Fig 7) per fold, the
-``marker_preservation`` and ``interactions_rmse`` tables, and the HTML section (logged into the parent
-MLflow run with the tables and figures).
+generator's cells (synthetic only, and real training + synthetic), scored against the test cells.
+Reporting: heatmaps (Fig 6) and dot plot (Fig 7) per fold, the ``marker_preservation`` and
+``interactions_rmse`` tables, and the report's downstream section.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from anndata import AnnData
 
 from cellsynth import downstream as ds
-from cellsynth import tracking
+from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSettings, MarkerSettings
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
     REAL_PLUS_SYNTHETIC,
@@ -38,62 +33,32 @@ from cellsynth.downstream.report import (
 )
 from cellsynth.reporting.figures import figure_to_image, image_to_png
 from cellsynth.reporting.html import Figure, Table, missing_section
+from cellsynth.schema import ALL_TYPES, LABEL_KEY
 
 log = logging.getLogger(__name__)
 
-LABEL_KEY = "cell_type"
 TEST_CELLS = "test cells"
-_MLFLOW_KEY = re.compile(r"[^\w\-. /:]")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _marker_options(downstream: dict[str, Any]) -> dict[str, Any]:
-    m = downstream.get("markers") or {}
-    return {"n_top": int(m.get("n_top", 20)), "rank_by": str(m.get("rank_by", "logfc")),
-            "max_pval_adj": float(m.get("max_pval_adj", 0.05)), "min_logfc": float(m.get("min_logfc", 1.0))}
-
-
-def _rank(cells: AnnData, downstream: dict[str, Any], name: str) -> pd.DataFrame:
-    m = downstream.get("markers") or {}
+def _rank(cells: AnnData, markers: MarkerSettings, name: str) -> pd.DataFrame:
     start = time.perf_counter()
-    ranking = ds.rank_markers(cells, label_key=LABEL_KEY, method=str(m.get("method", "wilcoxon")),
-                              min_cells=int(m.get("min_cells", 3)), name=name)
+    ranking = ds.rank_markers(cells, label_key=LABEL_KEY, method=markers.method, min_cells=markers.min_cells,
+                              name=name)
     log.info("%s: marker genes ranked in %.1f s (%d cells × %d genes)", name, time.perf_counter() - start,
              cells.n_obs, cells.n_vars)
     return ranking
 
 
-def _interactions(cells: AnnData, downstream: dict[str, Any], name: str) -> pd.DataFrame:
-    i = downstream.get("interactions") or {}
+def _interactions(cells: AnnData, i: InteractionSettings, name: str) -> pd.DataFrame:
     start = time.perf_counter()
     table = ds.infer_interactions(
-        cells, label_key=LABEL_KEY, resource_name=str(i.get("resource_name", "consensus")),
-        expr_prop=float(i.get("expr_prop", 0.1)), min_cells=int(i.get("min_cells", 5)),
-        n_perms=int(i.get("n_perms", 1000)), seed=int(i.get("seed", 0)), alpha=float(i.get("alpha", 0.05)),
-        n_jobs=int(i.get("n_jobs", 1)), name=name,
+        cells, label_key=LABEL_KEY, resource_name=i.resource_name, expr_prop=i.expr_prop, min_cells=i.min_cells,
+        n_perms=i.n_perms, seed=i.seed, alpha=i.alpha, n_jobs=i.n_jobs, name=name,
     )
     log.info("%s: CellPhoneDB (LIANA) on %d cells in %.1f s: %d pairs, %d significant", name, cells.n_obs,
              time.perf_counter() - start, len(table), int(table["significant"].sum()))
     return table
-
-
-def _dpi(downstream: dict[str, Any]) -> int:
-    return int((downstream.get("figures") or {}).get("dpi", 110))
-
-
-def _log_to_generator_run(adata: AnnData, metrics: dict[str, float]) -> None:
-    """Log ``metrics`` into the generator × fold MLflow run named in ``uns["cellsynth"]`` (if any)."""
-    uri = os.environ.get(tracking.TRACKING_URI_ENV)
-    run_id = str((adata.uns.get("cellsynth") or {}).get("mlflow_run_id") or "")
-    if not (uri and run_id):
-        return
-    try:
-        from mlflow import MlflowClient
-
-        clean = {_MLFLOW_KEY.sub("_", k): float(v) for k, v in metrics.items() if pd.notna(v)}
-        tracking.RunRecorder(MlflowClient(uri), run_id).log_metrics(clean)
-    except Exception as exc:  # tracking must never break the analysis
-        log.warning("could not log downstream metrics into MLflow run %s: %s", run_id, exc)
 
 
 # ----------------------------------------------------------------------------- fold level
@@ -110,11 +75,12 @@ def real_cell_markers(
         textbook-marker check (empty when ``downstream.markers.expected`` has no entry for
         ``dataset.name``) and the violin plots of each type's most significant candidate marker (Fig 5).
     """
+    settings = DownstreamSettings.from_params(downstream)
     real = ds.combine_cells([("train", train), ("test", test)], LABEL_KEY)
-    ranking = _rank(real, downstream, f"fold {fold} real cells (train + test)")
-    top = ds.top_markers(ranking, **_marker_options(downstream))
+    ranking = _rank(real, settings.markers, f"fold {fold} real cells (train + test)")
+    top = ds.top_markers(ranking, **settings.markers.selection())
     candidates = ds.candidate_markers(top)
-    expected = ((downstream.get("markers") or {}).get("expected") or {}).get(str(dataset.get("name")), {}) or {}
+    expected = settings.markers.expected.get(DatasetSettings.from_params(dataset).name) or {}
     check = ds.check_expected_markers(top, expected, genes=list(real.var_names),
                                       cell_types=sorted(set(ranking["cell_type"])))
     if len(check):
@@ -125,28 +91,28 @@ def real_cell_markers(
     fig = figures.plot_marker_violins(
         genes, real, label_key=LABEL_KEY,
         title=f"Fold {fold}: most significant mutually exclusive marker of each cell type, real cells (train + test)")
-    return ranking, top, candidates, check, figure_to_image(fig, dpi=_dpi(downstream))
+    return ranking, top, candidates, check, figure_to_image(fig, dpi=settings.figures.dpi)
 
 
 def reference_markers(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Marker rankings of the test cells (the reference) and of the real training cells."""
-    return (_rank(test, downstream, f"fold {fold} test cells"),
-            _rank(train, downstream, f"fold {fold} training cells"))
+    markers = DownstreamSettings.from_params(downstream).markers
+    return _rank(test, markers, f"fold {fold} test cells"), _rank(train, markers, f"fold {fold} training cells")
 
 
 def reference_interactions(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CellPhoneDB interactions of the test cells (the reference) and of the real training cells."""
-    return (_interactions(test, downstream, f"fold {fold} test cells"),
-            _interactions(train, downstream, f"fold {fold} training cells"))
+    i = DownstreamSettings.from_params(downstream).interactions
+    return _interactions(test, i, f"fold {fold} test cells"), _interactions(train, i, f"fold {fold} training cells")
 
 
-def _preservation_rows(reference: pd.DataFrame, other: pd.DataFrame, downstream: dict[str, Any], *, fold: int,
+def _preservation_rows(reference: pd.DataFrame, other: pd.DataFrame, markers: MarkerSettings, *, fold: int,
                        generator: str, compared: str) -> pd.DataFrame:
-    per_type = ds.marker_preservation(reference, other, **_marker_options(downstream))
+    per_type = ds.marker_preservation(reference, other, **markers.selection())
     summary = ds.summarise_preservation(per_type)
-    overall = pd.DataFrame([{"cell_type": "all", **{k: v for k, v in summary.items() if k != "n_types"},
+    overall = pd.DataFrame([{"cell_type": ALL_TYPES, **{k: v for k, v in summary.items() if k != "n_types"},
                              "n_reference": per_type["n_reference"].sum(), "n_other": per_type["n_other"].sum(),
                              "n_shared": per_type["n_shared"].sum(), "n_de_genes": per_type["n_de_genes"].sum(),
                              "n_types": summary["n_types"]}])
@@ -157,12 +123,10 @@ def _preservation_rows(reference: pd.DataFrame, other: pd.DataFrame, downstream:
     return frame
 
 
-def _comparison_row(reference: pd.DataFrame, other: pd.DataFrame, downstream: dict[str, Any], *, fold: int,
+def _comparison_row(reference: pd.DataFrame, other: pd.DataFrame, i: InteractionSettings, *, fold: int,
                     generator: str, cells: str, n_cells: int) -> dict[str, Any]:
-    i = downstream.get("interactions") or {}
     return {"fold": int(fold), "generator": generator, "cells": cells, "n_cells": int(n_cells),
-            **ds.compare_interactions(reference, other),
-            "resource": str(i.get("resource_name", "consensus")), "n_perms": int(i.get("n_perms", 1000))}
+            **ds.compare_interactions(reference, other), "resource": i.resource_name, "n_perms": i.n_perms}
 
 
 def real_train_vs_test(
@@ -170,9 +134,10 @@ def real_train_vs_test(
     train_interactions: pd.DataFrame, train: AnnData, downstream: dict[str, Any], *, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The real reference rows: training cells against the test cells (markers and interactions)."""
-    markers = _preservation_rows(test_ranking, train_ranking, downstream, fold=fold, generator=REAL_TRAIN_VS_TEST,
-                                 compared=REAL_TRAINING)
-    comparison = pd.DataFrame([_comparison_row(test_interactions, train_interactions, downstream, fold=fold,
+    settings = DownstreamSettings.from_params(downstream)
+    markers = _preservation_rows(test_ranking, train_ranking, settings.markers, fold=fold,
+                                 generator=REAL_TRAIN_VS_TEST, compared=REAL_TRAINING)
+    comparison = pd.DataFrame([_comparison_row(test_interactions, train_interactions, settings.interactions, fold=fold,
                                                generator=REAL_TRAIN_VS_TEST, cells=REAL_TRAINING,
                                                n_cells=train.n_obs)])
     return markers, comparison
@@ -191,20 +156,18 @@ def synthetic_markers(
     """
     if not synthetic.var_names.equals(test.var_names):
         raise ValueError(f"{generator} fold {fold}: synthetic cells do not have the fold's genes")
-    ranking = _rank(synthetic, downstream, f"{generator} fold {fold} synthetic cells")
-    candidates = ds.candidate_markers(ds.top_markers(ranking, **_marker_options(downstream)))
+    settings = DownstreamSettings.from_params(downstream)
+    ranking = _rank(synthetic, settings.markers, f"{generator} fold {fold} synthetic cells")
+    candidates = ds.candidate_markers(ds.top_markers(ranking, **settings.markers.selection()))
     genes = ds.top_unique_markers(real_top_markers)
     fig = figures.plot_marker_violins(
         genes, test, synthetic, label_key=LABEL_KEY, real_name="test cells", synthetic_name=f"{generator} cells",
         title=f"{generator}, fold {fold}: the real cells' top marker of each type, test vs synthetic cells")
-    return ranking, candidates, figure_to_image(fig, dpi=_dpi(downstream))
+    return ranking, candidates, figure_to_image(fig, dpi=settings.figures.dpi)
 
 
-def _augmentation(synthetic: AnnData, upsample: AnnData, downstream: dict[str, Any]) -> tuple[str, AnnData]:
-    choice = str((downstream.get("interactions") or {}).get("real_plus_synthetic", "upsample"))
-    if choice not in {"upsample", "matched"}:
-        raise ValueError(f"downstream.interactions.real_plus_synthetic must be upsample or matched, got {choice!r}")
-    return choice, (upsample if choice == "upsample" else synthetic)
+def _augmentation(synthetic: AnnData, upsample: AnnData, i: InteractionSettings) -> tuple[str, AnnData]:
+    return i.real_plus_synthetic, (upsample if i.real_plus_synthetic == "upsample" else synthetic)
 
 
 def synthetic_interactions(
@@ -216,10 +179,11 @@ def synthetic_interactions(
     cells plus the generator's ``upsample`` cells (default; the paper's augmentation) or its matched
     cells (``downstream.interactions.real_plus_synthetic``).
     """
-    only = _interactions(synthetic, downstream, f"{generator} fold {fold} synthetic only")
-    choice, extra = _augmentation(synthetic, upsample, downstream)
+    i = DownstreamSettings.from_params(downstream).interactions
+    only = _interactions(synthetic, i, f"{generator} fold {fold} synthetic only")
+    choice, extra = _augmentation(synthetic, upsample, i)
     combined = ds.combine_cells([("real", train), (f"synthetic_{choice}", extra)], LABEL_KEY)
-    both = _interactions(combined, downstream, f"{generator} fold {fold} real + synthetic ({choice})")
+    both = _interactions(combined, i, f"{generator} fold {fold} real + synthetic ({choice})")
     return only, both
 
 
@@ -228,29 +192,19 @@ def score_generator(
     synthetic_only: pd.DataFrame, real_plus_synthetic: pd.DataFrame, train: AnnData, synthetic: AnnData,
     upsample: AnnData, downstream: dict[str, Any], *, generator: str, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Marker preservation and interaction comparison of one generator against the test cells.
-
-    Also logs the summary numbers into the generator's MLflow run (``downstream/...`` metrics).
-    """
-    markers = _preservation_rows(test_ranking, ranking, downstream, fold=fold, generator=generator,
+    """Marker preservation and interaction comparison of one generator against the test cells."""
+    settings = DownstreamSettings.from_params(downstream)
+    markers = _preservation_rows(test_ranking, ranking, settings.markers, fold=fold, generator=generator,
                                  compared=SYNTHETIC_ONLY)
-    choice, extra = _augmentation(synthetic, upsample, downstream)
+    choice, extra = _augmentation(synthetic, upsample, settings.interactions)
     rows = [
-        _comparison_row(test_interactions, synthetic_only, downstream, fold=fold, generator=generator,
+        _comparison_row(test_interactions, synthetic_only, settings.interactions, fold=fold, generator=generator,
                         cells=SYNTHETIC_ONLY, n_cells=synthetic.n_obs),
-        _comparison_row(test_interactions, real_plus_synthetic, downstream, fold=fold, generator=generator,
-                        cells=REAL_PLUS_SYNTHETIC, n_cells=train.n_obs + extra.n_obs),
+        _comparison_row(test_interactions, real_plus_synthetic, settings.interactions, fold=fold,
+                        generator=generator, cells=REAL_PLUS_SYNTHETIC, n_cells=train.n_obs + extra.n_obs),
     ]
     rows[1]["synthetic_cells"] = choice
-    comparison = pd.DataFrame(rows)
-    overall = markers[markers["cell_type"] == "all"].iloc[0]
-    metrics = {f"downstream/markers/{k}": overall[k] for k in ("jaccard_top", "unique_recovered", "logfc_spearman")}
-    for row in rows:
-        kind = "synthetic_only" if row["cells"] == SYNTHETIC_ONLY else "real_plus_synthetic"
-        for key in ("rmse", "rmse_shared", "rmse_expressed", "jaccard_significant"):
-            metrics[f"downstream/interactions/{kind}/{key}"] = row[key]
-    _log_to_generator_run(synthetic, metrics)
-    return markers, comparison
+    return markers, pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -268,15 +222,14 @@ def plot_fold_interactions(
     only = {f"{g} ({SYNTHETIC_ONLY})": generator_tables[2 * i] for i, g in enumerate(generators)}
     both = {f"{g} ({REAL_PLUS_SYNTHETIC})": generator_tables[2 * i + 1] for i, g in enumerate(generators)}
     tables = {TEST_CELLS: test_interactions, REAL_TRAINING: train_interactions, **only, **both}
-    f = downstream.get("figures") or {}
+    f = DownstreamSettings.from_params(downstream).figures
     heatmaps = figures.plot_interaction_heatmaps(
         tables, title=f"Fold {fold}: significant interactions between cell types (CellPhoneDB via LIANA)")
     dotplot = figures.plot_interaction_dotplot(
         {TEST_CELLS: test_interactions, REAL_TRAINING: train_interactions, **only}, TEST_CELLS,
-        n_pairs=int(f.get("dotplot_pairs", 15)), n_celltype_pairs=int(f.get("dotplot_celltype_pairs", 12)),
+        n_pairs=f.dotplot_pairs, n_celltype_pairs=f.dotplot_celltype_pairs,
         title=f"Fold {fold}: strongest ligand–receptor pairs of the test cells, in every set of cells")
-    dpi = _dpi(downstream)
-    return figure_to_image(heatmaps, dpi=dpi), figure_to_image(dotplot, dpi=dpi)
+    return figure_to_image(heatmaps, dpi=f.dpi), figure_to_image(dotplot, dpi=f.dpi)
 
 
 def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
@@ -295,20 +248,21 @@ def explain_downstream_skipped(dataset: dict[str, Any], *, method: str) -> str:
     generators model those. Rather than statistics without meaning, or a run that fails after the
     generators and the evaluation have finished, this logs a warning and writes the reason.
     """
-    reason = (f"Downstream biology was not computed for {dataset.get('name', 'data')}: the cells were "
+    name = DatasetSettings.from_params(dataset).name
+    reason = (f"Downstream biology was not computed for {name}: the cells were "
               f"batch-corrected with integration.method={method}, and corrected values (negative ones "
               "included) are not valid input for marker tests or CellPhoneDB interaction means, which need "
               "log-normalised, non-negative expression. Run the downstream pipeline on one dataset, or with "
               "integration.method: none, to analyse the biology.")
     log.warning(reason)
-    return missing_section(SECTION_ID, SECTION_TITLE, reason, dataset=str(dataset.get("name", "data")))
+    return missing_section(SECTION_ID, SECTION_TITLE, reason, dataset=name)
 
 
 def build_downstream_section(
     marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, downstream: dict[str, Any],
     dataset: dict[str, Any], *fold_objects: Any, generators: tuple[str, ...], folds: tuple[int, ...],
 ) -> str:
-    """The report section (HTML fragment); it, the tables and the figures are logged into the parent run.
+    """The report's downstream section (an HTML fragment).
 
     ``fold_objects``: for each fold in order, its candidate markers, textbook check, test-cell
     interactions, real violin plot, heatmaps and dot plot, then each generator's violin plot.
@@ -316,22 +270,21 @@ def build_downstream_section(
     per_fold = 6 + len(generators)
     if len(fold_objects) != per_fold * len(folds):
         raise ValueError("build_downstream_section: unexpected number of fold objects")
-    name = str(dataset.get("name", "data"))
-    n_markers = int((downstream.get("figures") or {}).get("report_markers_per_type", 5))
-    options = _marker_options(downstream)
-    i = downstream.get("interactions") or {}
+    name = DatasetSettings.from_params(dataset).name
+    settings = DownstreamSettings.from_params(downstream)
+    n_markers = settings.figures.report_markers_per_type
+    m, i = settings.markers, settings.interactions
     tables: list[Table] = []
     figs: list[Figure] = []
     facts: list[str] = []
-    marker_note = (f"{downstream.get('markers', {}).get('method', 'wilcoxon')} test; markers: adjusted p < "
-                   f"{options['max_pval_adj']}, log2FC > {options['min_logfc']}, top {options['n_top']} per type "
-                   f"by {options['rank_by']}.")
+    marker_note = (f"{m.method} test; markers: adjusted p < {m.max_pval_adj}, log2FC > {m.min_logfc}, "
+                   f"top {m.n_top} per type by {m.rank_by}.")
     for j, k in enumerate(folds):
         candidates, check, test_interactions, violins, heatmaps, dotplot, *generator_violins = fold_objects[
             j * per_fold:(j + 1) * per_fold]
-        coverage = ds.resource_coverage(test_interactions, str(i.get("resource_name", "consensus")))
+        coverage = ds.resource_coverage(test_interactions, i.resource_name)
         facts.append(f"Fold {k}: {coverage['pairs_measured']} of the {coverage['pairs_in_resource']} ligand–receptor "
-                     f"pairs of the {i.get('resource_name', 'consensus')} resource can be scored on the test cells (all "
+                     f"pairs of the {i.resource_name} resource can be scored on the test cells (all "
                      "their genes among the fold's HVGs and detected); the others cannot be analysed.")
         tables.append(Table(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
                             figures.marker_summary_rows(candidates, n_markers),
@@ -351,22 +304,21 @@ def build_downstream_section(
                                "The real cells' top markers: test cells (blue) and the generator's matched "
                                "synthetic cells (red) per cell type."))
         figs.append(Figure(f"Fig 6: significant interactions between cell types, fold {k}", image_to_png(heatmaps),
-                           f"Count of interactions with p ≤ {i.get('alpha', 0.05)} per source × target type "
+                           f"Count of interactions with p ≤ {i.alpha} per source × target type "
                            "(one colour scale); grey: type not analysed in that set (too few cells)."))
         figs.append(Figure(f"Fig 7: strongest ligand–receptor pairs, fold {k}", image_to_png(dotplot),
                            "Rows and columns chosen on the test cells; colour: interaction mean; size: −log10 p; "
                            "black edge: significant; no dot: mean 0 (a partner not detected) or type not analysed."))
     tables.insert(0, Table("Interactions: aligned RMSE of interaction means against the test cells (Table 4)",
                            interaction_summary(interactions_rmse),
-                           [f"LIANA CellPhoneDB, resource {i.get('resource_name', 'consensus')}, "
-                            f"expr_prop {i.get('expr_prop', 0.1)}, {i.get('n_perms', 1000)} permutations "
-                            f"(seed {i.get('seed', 0)}), min {i.get('min_cells', 5)} cells per type.",
+                           [f"LIANA CellPhoneDB, resource {i.resource_name}, expr_prop {i.expr_prop}, "
+                            f"{i.n_perms} permutations (seed {i.seed}), min {i.min_cells} cells per type.",
                             "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
                             "types_excluded)."], label_columns=2))
     tables.insert(0, Table("Marker preservation against the test cells",
                            preservation_summary(marker_preservation),
                            [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
-    choice = str(i.get("real_plus_synthetic", "upsample"))
+    choice = i.real_plus_synthetic
     facts = [
         f"Dataset: {name}; folds: {', '.join(str(k) for k in folds)}; generators: {', '.join(generators) or 'none'}",
         "Real + synthetic = the real training cells + the generator's "
@@ -374,33 +326,4 @@ def build_downstream_section(
            else "matched cells (as many as the test cells)") + ".",
         *facts,
     ]
-    text = downstream_section(name, tables, figs, facts)
-    _log_section_to_parent_run(text, marker_preservation, interactions_rmse, figs)
-    return text
-
-
-def _log_section_to_parent_run(text: str, markers: pd.DataFrame, rmse: pd.DataFrame,
-                               figs: list[Figure]) -> None:
-    recorder = tracking.parent_recorder()
-    if not recorder.run_id:
-        return
-    try:
-        metrics = {}
-        for row in rmse.itertuples(index=False):
-            kind = {SYNTHETIC_ONLY: "synthetic_only", REAL_PLUS_SYNTHETIC: "real_plus_synthetic"}.get(row.cells, "real")
-            metrics[_MLFLOW_KEY.sub("_", f"downstream/{row.generator}/{kind}/rmse/fold_{row.fold}")] = row.rmse
-        overall = markers[markers["cell_type"] == "all"]
-        for row in overall.itertuples(index=False):
-            metrics[_MLFLOW_KEY.sub("_", f"downstream/{row.generator}/marker_jaccard/fold_{row.fold}")] = row.jaccard_top
-        recorder.log_metrics({k: v for k, v in metrics.items() if pd.notna(v)})
-        with tempfile.TemporaryDirectory() as folder:
-            root = Path(folder)
-            (root / "downstream_section.html").write_text(text, encoding="utf-8")
-            markers.to_csv(root / "marker_preservation.csv", index=False)
-            rmse.to_csv(root / "interactions_rmse.csv", index=False)
-            for n, item in enumerate(figs):
-                slug = re.sub(r"[^a-z0-9]+", "_", item.title.lower()).strip("_")[:80]
-                (root / f"{n:02d}_{slug}.png").write_bytes(item.png)
-            recorder.log_artifacts(root, artifact_path="downstream")
-    except Exception as exc:  # tracking must never break the analysis
-        log.warning("could not log the downstream section into the parent MLflow run: %s", exc)
+    return downstream_section(name, tables, figs, facts)

@@ -120,7 +120,7 @@ def create_pipeline(matrix: RunMatrix, folds: tuple[int, ...] | None = None, **k
       MLflow run);
     * reporting: ``plot_interactions_fold_<k>`` (Figs 6–7), ``collect_marker_preservation``
       (``marker_preservation``), ``collect_interactions_rmse`` (``interactions_rmse``) and
-      ``build_downstream_section`` (``downstream_section``: ``data/08_reporting/downstream_section.html``).
+      ``build_downstream_section`` (``downstream_section``, the report's downstream section).
 
     Folds: ``downstream.folds`` (default the first of ``folds_to_run``), or ``folds`` when given.
     Reads what the generation pipeline saved.

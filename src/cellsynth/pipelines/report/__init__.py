@@ -1,0 +1,3 @@
+from cellsynth.pipelines.report.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
