@@ -51,3 +51,17 @@ def test_versioned(tmp_path, tiny_adata_factory):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="No .h5ad file"):
         AnnDataDataset(filepath=str(tmp_path / "nope.h5ad")).load()
+
+
+def test_the_datasets_list_is_read_through_the_catalog_and_never_written(tmp_path, counts_factory):
+    from cellsynth.datasets import AnnDataCollectionDataset
+
+    counts_factory(30, 12, 2, seed=0).write_h5ad(tmp_path / "a.h5ad")
+    entries = [{"name": "a", "path": str(tmp_path / "a.h5ad"), "label_key": "cell_type"},
+               {"name": "b", "path": str(tmp_path / "missing.h5ad"), "label_key": "cell_type"}]
+    assert AnnDataCollectionDataset(datasets=entries[:1]).load()["a"].shape == (30, 12)
+    assert AnnDataCollectionDataset(datasets=[]).load() == {}
+    with pytest.raises(DatasetError, match=r"dataset 'b' \(.*missing.h5ad\): no such file. Fix its path"):
+        AnnDataCollectionDataset(datasets=entries).load()
+    with pytest.raises(DatasetError, match="never writes them"):
+        AnnDataCollectionDataset(datasets=entries[:1]).save({})

@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from cellsynth.data import InputDataError
 from cellsynth.data import integration as integ
+from cellsynth.datasets import AnnDataCollectionDataset
 from cellsynth.pipelines.preprocessing import nodes
 from cellsynth.pipelines.preprocessing.pipeline import create_pipeline
 
@@ -188,7 +189,8 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
         {"name": "second", "path": str(tmp_path / "second.h5ad"), "label_key": "kind", "qc": {"min_genes_per_cell": 10}},
     ]
     mapping = {"second": [{"kind_0": "type_0"}, {"kind_1": "type_1"}, {"kind_2": None}]}
-    validated = nodes.load_datasets(datasets, {"min_gene_overlap": 0.5})
+    validated = nodes.load_datasets(AnnDataCollectionDataset(datasets=datasets).load(), datasets,
+                                    {"min_gene_overlap": 0.5})
     cells, summary, genes, labels = nodes.combine_datasets(
         validated, datasets, mapping, PREPROCESSING, {"n_folds": 5}, {}, TOY_DATASET
     )
@@ -206,7 +208,7 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
     third.write_h5ad(tmp_path / "third.h5ad")
     datasets.append({"name": "third", "path": str(tmp_path / "third.h5ad"), "label_key": "cell_type"})
     with pytest.raises(InputDataError, match=r"'first' and 'third' share 27 genes"):
-        nodes.load_datasets(datasets, {"min_gene_overlap": 0.5})
+        nodes.load_datasets(AnnDataCollectionDataset(datasets=datasets).load(), datasets, {"min_gene_overlap": 0.5})
     with pytest.raises(InputDataError, match="not in `datasets`"):
         nodes.combine_datasets(validated, datasets[:2], {"nope": {}}, PREPROCESSING, {"n_folds": 5}, {}, TOY_DATASET)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,23 @@ def set_active_params(params: dict[str, Any] | None) -> None:
     _active_params = params
 
 
+_GLOBALS_REFERENCE = re.compile(r"globals:([\w.]+)")
+
+
+def _from_globals(value: Any, globals_: dict[str, Any]) -> Any:
+    """``value`` with ``${globals:a.b}`` (or ``${runtime_params:..,${globals:a.b}}``) replaced by the global."""
+    if isinstance(value, dict):
+        return {k: _from_globals(v, globals_) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith("${") and (found := _GLOBALS_REFERENCE.search(value)):
+        for part in found.group(1).split("."):
+            globals_ = (globals_ or {}).get(part)
+        return globals_
+    return value
+
+
 def _read_parameters(env: str) -> dict[str, Any]:
-    """The plain-YAML parameters of ``conf/base`` overlaid with ``conf/<env>`` (top-level keys).
+    """The plain-YAML parameters of ``conf/base`` overlaid with ``conf/<env>`` (top-level keys), with
+    references to ``globals.yml`` resolved.
 
     Deliberately not an ``OmegaConfigLoader``: creating one re-registers OmegaConf's global
     ``globals`` resolver and would redirect the active session's configuration.
@@ -56,10 +72,14 @@ def _read_parameters(env: str) -> dict[str, Any]:
     import yaml
 
     merged: dict[str, Any] = {}
+    globals_: dict[str, Any] = {}
     for folder in ("base", env):
         for path in sorted((PROJECT_ROOT / "conf" / folder).glob("parameters*.yml")):
             merged.update(yaml.safe_load(path.read_text()) or {})
-    return merged
+        path = PROJECT_ROOT / "conf" / folder / "globals.yml"
+        if path.is_file():
+            globals_.update(yaml.safe_load(path.read_text()) or {})
+    return _from_globals(merged, globals_)
 
 
 def active_parameters() -> dict[str, Any]:

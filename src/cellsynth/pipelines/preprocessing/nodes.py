@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-from pathlib import Path
 from typing import Any
 
-import anndata
 import pandas as pd
 from anndata import AnnData
 
@@ -77,20 +75,14 @@ def _dataset_qc(preprocessing: PreprocessingSettings, spec: integration.DatasetS
     return QCSettings.from_params({**dataclasses.asdict(preprocessing.qc), **spec.qc}, where=f"{spec.source}: qc")
 
 
-def load_datasets(datasets: list[dict[str, Any]], integration_params: dict[str, Any]) -> dict[str, AnnData]:
-    """Read and validate every listed file; refuse a dataset whose genes barely overlap another's."""
-    specs = integration.parse_dataset_specs(datasets)
+def load_datasets(
+    raw_datasets: dict[str, AnnData], datasets: list[dict[str, Any]], integration_params: dict[str, Any]
+) -> dict[str, AnnData]:
+    """Validate every listed file; refuse a dataset whose genes barely overlap another's."""
     validated: dict[str, AnnData] = {}
-    for spec in specs:
-        if not Path(spec.path).is_file():
-            raise InputDataError(f"{spec.source}: no such file. Fix its path in the `datasets` parameter.")
-        clean, report = validate_counts(
-            anndata.read_h5ad(spec.path),
-            source=spec.source,
-            label_key=spec.label_key,
-            batch_key=spec.batch_key,
-            counts_layer=spec.counts_layer,
-        )
+    for spec in integration.parse_dataset_specs(datasets):
+        clean, report = validate_counts(raw_datasets[spec.name], source=spec.source, label_key=spec.label_key,
+                                        batch_key=spec.batch_key, counts_layer=spec.counts_layer)
         log.info(
             "%s: %d cells × %d genes, counts read from %s, %d cells without a label",
             report.source, clean.n_obs, clean.n_vars, report.counts_from, report.n_unlabelled,

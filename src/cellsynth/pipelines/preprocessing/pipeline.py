@@ -56,7 +56,8 @@ def create_pipeline(datasets: Sequence[Any] | None = None, **kwargs) -> Pipeline
 def _integration_pipeline() -> Pipeline:
     return pipeline(
         [
-            node(load_datasets, ["params:datasets", "params:integration"], "validated_datasets", name="load_datasets"),
+            node(load_datasets, ["raw_datasets", "params:datasets", "params:integration"], "validated_datasets",
+                 name="load_datasets"),
             node(
                 combine_datasets,
                 [
