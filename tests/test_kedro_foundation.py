@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import RAW_DATA
+from conftest import PROJECT_ROOT, RAW_DATA
 from kedro_helpers import make_project_copy, run_session
 
 
@@ -64,3 +64,37 @@ def test_bad_input_through_the_own_data_path_stops_with_its_message(project, pbm
     assert str(path) in str(info.value)
     with pytest.raises(Exception, match=r"no column 'celltype'.*seurat_annotations"):
         run_session(project, "preprocessing", dataset_params(path, label_key="celltype"))
+
+
+def test_catalog_layers_form_no_cycle_so_kedro_viz_can_draw_layer_bands():
+    """kedro-viz orders its layer bands topologically; one node reading a later layer than it writes breaks it."""
+    import graphlib
+
+    import yaml
+    from kedro.io.catalog_config_resolver import CatalogConfigResolver
+
+    from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, report, splitting
+    from cellsynth.run_matrix import RunMatrix
+
+    config = {}
+    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
+        config.update(yaml.safe_load(path.read_text()))
+    resolver = CatalogConfigResolver(config)
+
+    def layer(name: str) -> str | None:
+        entry = config.get(name) or config.get(resolver.match_dataset_pattern(name) or "", {})
+        return ((entry.get("metadata") or {}).get("kedro-viz") or {}).get("layer")
+
+    matrix = RunMatrix(folds=(0, 1), generators=("maf", "train_copy"))
+    pipelines = [preprocessing.create_pipeline(datasets=[]), preprocessing.create_pipeline(datasets=[{}]),
+                 splitting.create_pipeline(matrix), generation.create_pipeline(matrix),
+                 evaluation.create_pipeline(matrix), downstream.create_pipeline(matrix, folds=(0,)),
+                 report.create_pipeline()]
+    graph: dict[str, set[str]] = {}
+    for node in (node for pipe in pipelines for node in pipe.nodes):
+        for source in filter(None, map(layer, node.inputs)):
+            for target in filter(None, map(layer, node.outputs)):
+                if source != target:
+                    graph.setdefault(target, set()).add(source)
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index("model_input") < order.index("models") < order.index("model_output") < order.index("reporting")
