@@ -42,14 +42,17 @@ class ActiveRun:
 
 
 _process_run: ActiveRun | None = None
-_attached: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar("cellsynth_mlflow_run", default=None)
+_NOT_ATTACHED: Any = object()
+_attached: contextvars.ContextVar[ActiveRun | None] = contextvars.ContextVar("cellsynth_mlflow_run",
+                                                                            default=_NOT_ATTACHED)
 _children: dict[tuple[str, str], str] = {}
 _children_lock = threading.Lock()
 
 
 def active_run() -> ActiveRun | None:
-    """The run attached to this thread (:func:`attached_run`), else this process's parent run."""
-    return _attached.get() or _process_run
+    """The run attached to this thread (:func:`attached_run`, ``None`` included), else this process's parent run."""
+    attached = _attached.get()
+    return _process_run if attached is _NOT_ATTACHED else attached
 
 
 def run_context() -> dict[str, str]:
