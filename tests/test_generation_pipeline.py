@@ -92,3 +92,16 @@ def test_generation_runs_one_generator_and_fold_end_to_end(project):
     assert len(losses) == 3 and [m.step for m in losses] == [0, 1, 2]
     assert {"fit_seconds", "sample_seconds", "peak_rss_gib_fit"} <= set(child.data.metrics)
     assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["checkpoint"]
+
+    # A later `kedro run` of the evaluation logs into the same generator × fold run (keyed on its namespace),
+    # and files the report under its own parent run.
+    params["evaluation"] = {"n_pca": 10, "utility": {"n_estimators": 10, "n_jobs": 1}, "figures": {"dpi": 40}}
+    run_session(project, "evaluation", params)
+    child = client.get_run(child.info.run_id)
+    assert 0.0 <= child.data.metrics["eval/honest/c2st_auc"] <= 1.0
+    assert "eval/utility/f1_macro" in child.data.metrics
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("cellsynth.role") == "parent"]
+    assert sorted(r.data.tags["kedro.pipelines"] for r in parents) == ["evaluation", "generation"]
+    evaluation_run = next(r for r in parents if r.data.tags["kedro.pipelines"] == "evaluation")
+    assert {a.path for a in client.list_artifacts(evaluation_run.info.run_id)} >= {"evaluation", "report"}
+    assert "eval/maf/honest/c2st_auc" in evaluation_run.data.metrics
