@@ -31,8 +31,8 @@ def test_pipeline_builds_for_a_run_matrix():
     assert {n.name for n in pipe.nodes} == expected
     by_name = {n.name: n for n in pipe.nodes}
     assert by_name["maf.fold_0.synthetic_interactions"].namespace == "maf.fold_0"
-    assert by_name["maf.fold_0.synthetic_interactions"].inputs == [
-        "fold_0.train", "maf.fold_0.synthetic", "maf.fold_0.upsample", "params:downstream"]
+    assert set(by_name["maf.fold_0.synthetic_interactions"].inputs) == {
+        "fold_0.train", "maf.fold_0.synthetic", "maf.fold_0.upsample", "params:downstream"}
     # only what generation saved, plus parameters
     free = pipe.inputs()
     assert free == {f"fold_{k}.{s}" for k in (0, 2) for s in ("train", "test")} | {
