@@ -21,8 +21,9 @@ Subclasses implement four hooks on plain numpy arrays:
 Hyperparameters are a frozen dataclass ``Params`` per subclass, so a typo in a parameter file is an
 error that lists the valid names, never a silently ignored key.
 
-``fit`` and ``sample`` run under :func:`rng_scope`: whatever a model or its library draws from the
-global random number generators (torch, numpy, python), the caller's streams are as they were.
+``fit``, ``sample`` and ``load`` run under :func:`rng_scope`: whatever a model or its library draws
+from the global random number generators (torch, numpy, python), the caller's streams stay as they
+were.
 Every subclass with a ``name`` is registered under it, so :meth:`Generator.load` rebuilds any saved
 generator from its ``generator.json``.
 """

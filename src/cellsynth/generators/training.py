@@ -26,6 +26,9 @@ from cellsynth.generators.base import EpochCallback, GeneratorError, TrainingHis
 #: every model depend on them, and they are what earlier cellsynth versions used.
 SHUFFLE_STREAM, NOISE_STREAM = 1, 2
 
+#: ``loss_fn(x_batch, context_batch)``: a mean loss (e.g. NLL) of a batch of cells.
+LossFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
 #: ``step(batch, epoch) -> {metric: value}``: one mini-batch update (``batch``: a CPU tensor of row
 #: indices). Must return ``"train_loss"``; every metric is averaged over the epoch's cells.
 Step = Callable[[torch.Tensor, int], dict[str, float]]
@@ -184,7 +187,7 @@ def train(
 
 def fit_likelihood(
     module: torch.nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    loss_fn: LossFn,
     X: np.ndarray,
     context: np.ndarray | None,
     settings: LoopSettings,
@@ -230,7 +233,7 @@ def fit_likelihood(
 @torch.no_grad()
 def evaluate_loss(
     module: torch.nn.Module,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    loss_fn: LossFn,
     X: torch.Tensor,
     context: torch.Tensor | None,
     batch_size: int,
