@@ -57,6 +57,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
+    from bench import _presets  # the presets of conf/*/parameters_generation.yml
+
     from cellsynth.generators.moe import MOEGenerator
 
     overrides = {}
@@ -68,7 +70,7 @@ def main() -> None:
             overrides[key] = value
     train, test = load_pbmc3k(args.data)
     print(f"train {train.shape}, test {test.shape}")
-    model = MOEGenerator.from_preset(args.preset, label_key="cell_type", **overrides)
+    model = MOEGenerator(label_key="cell_type", **{**_presets("moe", args.preset), **overrides})
     history = model.fit(train, seed=0, progress=False,
                         on_epoch=lambda e, m: print(f"  epoch {e:3d} " + " ".join(f"{k}={v:.1f}" for k, v in m.items()),
                                                     flush=True))

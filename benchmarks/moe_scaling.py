@@ -51,9 +51,9 @@ def paper_param_count(genes: int, context: int = 0, experts: int = 4) -> int:
 
 
 def _params(paper: bool) -> dict:
-    from cellsynth.generators.moe import PRESETS
+    from bench import _presets  # the presets of conf/*/parameters_generation.yml
 
-    return dict(PRESETS["paper"]) if paper else {}
+    return _presets("moe", "paper") if paper else {}
 
 
 def child(genes: int, paper: bool, steps: int, warmup: int, batch_size: int, n_sample: int, sample: bool,
@@ -62,7 +62,8 @@ def child(genes: int, paper: bool, steps: int, warmup: int, batch_size: int, n_s
 
     import torch
 
-    from cellsynth.generators.moe import MOEFlow, MOEParams
+    from cellsynth.generators.moe import MOEParams
+    from cellsynth.generators.moe.modules import MOEFlow
 
     if threads:
         torch.set_num_threads(threads)
@@ -207,7 +208,8 @@ def main() -> None:
         print(json.dumps(run(**spec)))
         return
     if args.check:
-        from cellsynth.generators.moe import MOEFlow, MOEParams
+        from cellsynth.generators.moe import MOEParams
+        from cellsynth.generators.moe.modules import MOEFlow
 
         for genes in (40, 64):
             built = sum(p.numel() for p in MOEFlow(genes, 0, MOEParams(**_params(True))).parameters())

@@ -28,7 +28,7 @@ def main() -> None:
 
     from cellsynth.evaluation.protocol import cell_labels, fit_reference_space, project
     from cellsynth.generators import GENERATORS
-    from cellsynth.generators import moe as moe_module
+    from cellsynth.generators.moe import modules as moe_module
     from cellsynth.metrics import c2st_auc, split_halves, wd
 
     torch.set_num_threads(1)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
+import typing
+
 import numpy as np
 import pytest
+import torch
 
-from cellsynth.generators import GENERATORS, Generator, GeneratorError
+from cellsynth.generators import GENERATORS, Generator, GeneratorError, PerTypeGenerator
 
 # Small, fast hyperparameters per generator (one epoch where a model has epochs).
 # Every name in GENERATORS must have an entry: a new generator without one fails the suite.
@@ -34,10 +40,63 @@ def test_every_generator_has_a_tiny_preset():
     assert set(GENERATORS) <= set(TINY), f"add TINY entries for {sorted(set(GENERATORS) - set(TINY))}"
 
 
+def tiny(name: str) -> Generator:
+    if name == "per_type":
+        return PerTypeGenerator("maf", label_key="cell_type", **TINY["maf"])
+    return GENERATORS[name](label_key="cell_type", **TINY[name])
+
+
+def _global_rng_states() -> tuple:
+    numpy_state = np.random.get_state()  # noqa: NPY002
+    return torch.get_rng_state(), numpy_state[1].copy(), numpy_state[2:], random.getstate()
+
+
+def _assert_same_states(before: tuple, after: tuple, when: str) -> None:
+    assert torch.equal(before[0], after[0]), f"{when} changed torch's global RNG"
+    assert np.array_equal(before[1], after[1]) and before[2] == after[2], f"{when} changed numpy's global RNG"
+    assert before[3] == after[3], f"{when} changed python's random"
+
+
+@pytest.mark.parametrize("name", [*sorted(GENERATORS), "per_type"])
+def test_fit_and_sample_leave_the_global_rng_untouched(name, adata):
+    torch.manual_seed(123)
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    before = _global_rng_states()
+    model = tiny(name)
+    model.fit(adata, seed=3, progress=False)
+    _assert_same_states(before, _global_rng_states(), "fit")
+    model.sample(12, cell_types={"type_0": 5, "type_2": 7}, seed=11)
+    model.sample(20, seed=5)
+    _assert_same_states(before, _global_rng_states(), "sample")
+
+
+def test_every_generator_is_registered_under_its_name(tmp_path):
+    for name, cls in GENERATORS.items():
+        assert cls.name == name and Generator.registry[name] is cls
+    assert Generator.registry["per_type"] is PerTypeGenerator
+    (tmp_path / "generator.json").write_text(json.dumps({"name": "no_such_model"}))
+    with pytest.raises(GeneratorError, match="unknown generator 'no_such_model'"):
+        Generator.load(tmp_path)
+
+
+def _literal_fields(name: str) -> list[str]:
+    hints = typing.get_type_hints(GENERATORS[name].Params)
+    return [f.name for f in dataclasses.fields(GENERATORS[name].Params) if typing.get_origin(hints[f.name]) is typing.Literal]
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(GENERATORS) if _literal_fields(name)])
+def test_a_value_outside_a_literal_field_names_generator_field_and_choices(name):
+    field = _literal_fields(name)[0]
+    choices = typing.get_args(typing.get_type_hints(GENERATORS[name].Params)[field])
+    with pytest.raises(ValueError, match=rf"^{name}: {field} must be one of .*{choices[0]}.*, got 'bogus'$"):
+        GENERATORS[name](**{field: "bogus"})
+
+
 @pytest.mark.parametrize("name", sorted(GENERATORS))
 def test_fit_sample_save_load(name, adata, tmp_path):
     cls = GENERATORS[name]
-    model: Generator = cls(label_key="cell_type", **TINY[name])
+    model = tiny(name)
     before = adata.X.copy()
     history = model.fit(adata, seed=3, progress=False)
     np.testing.assert_array_equal(adata.X, before)  # input untouched

@@ -10,22 +10,9 @@ from anndata import AnnData
 
 from cellsynth.generators import GENERATORS, GeneratorError
 from cellsynth.generators.maf import MAFGenerator
+from presets import generator_preset
 
-PAPER = {
-    "backend": "nflows",
-    "conditional": False,
-    "n_layers": 1,
-    "hidden_features": 1024,
-    "hidden_layers": 2,
-    "learning_rate": 1e-6,
-    "epochs": 100,
-    "batch_size": 128,
-    "noise_std": 0.0,
-    "grad_clip": None,
-    "validation_fraction": 0.0,
-    "patience": None,
-    "whiten": "none",
-}
+PAPER = generator_preset("maf", "paper")
 
 SMALL = {"n_layers": 2, "hidden_features": 32, "batch_size": 32, "learning_rate": 5e-3}
 

@@ -1,4 +1,4 @@
-"""MOE-FB (``moe``): exact invertibility, exact log-determinant, linear size in genes, presets."""
+"""MOE-FB (``moe``): exact invertibility, exact log-determinant, linear size in genes, the paper preset."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ import pytest
 import torch
 
 from cellsynth.generators import GENERATORS
-from cellsynth.generators.moe import (
-    PRESETS,
+from cellsynth.generators.moe.model import MOEGenerator, MOEParams
+from cellsynth.generators.moe.modules import (
+    ActNorm,
+    GroupMoments,
     MAFStep,
     MoEAttentionCoupling,
     MOEFlow,
-    MOEGenerator,
-    MOEParams,
     MultiExpertAttention,
+    _largest_divisor_at_most,
 )
+from presets import generator_preset
 
 SMALL = {"n_tokens": 3, "d_model": 8, "n_heads": 2, "gate_hidden": 8, "coupling_hidden": 8, "maf_hidden": 16,
          "mask_hidden": 8}
 # The paper's architecture (one-token attention, input mask, nflows MAF) at test size.
-PAPER_SMALL = {**PRESETS["paper"], "gate_hidden": 16, "coupling_hidden": 16, "maf_hidden": 16, "mask_hidden": 16}
+PAPER = generator_preset("moe", "paper")
+PAPER_SMALL = {**PAPER, "gate_hidden": 16, "coupling_hidden": 16, "maf_hidden": 16, "mask_hidden": 16}
 
 
 @pytest.fixture(autouse=True)
@@ -140,15 +143,15 @@ def test_default_size_grows_linearly_in_genes():
 
 def test_paper_configuration_is_quadratic_in_genes():
     # one token of width D: 4 experts x 4 D^2 attention weights dominate
-    small = _n_params(200, **{**PRESETS["paper"], "gate_hidden": 8, "coupling_hidden": 8, "maf_hidden": 8,
+    small = _n_params(200, **{**PAPER, "gate_hidden": 8, "coupling_hidden": 8, "maf_hidden": 8,
                               "mask_hidden": 8})
-    large = _n_params(400, **{**PRESETS["paper"], "gate_hidden": 8, "coupling_hidden": 8, "maf_hidden": 8,
+    large = _n_params(400, **{**PAPER, "gate_hidden": 8, "coupling_hidden": 8, "maf_hidden": 8,
                               "mask_hidden": 8})
     assert large > 3.5 * small
 
 
 def test_paper_preset_matches_the_reference_code():
-    model = MOEGenerator.from_preset("paper")
+    model = MOEGenerator(**PAPER)
     p = model.params
     assert (p.learning_rate, p.epochs, p.batch_size) == (1e-6, 100, 128)
     assert (p.n_blocks, p.n_experts, p.n_heads, p.actnorm, p.mask_mode, p.mask_penalty) == (1, 4, 20, False, "input", 0.01)
@@ -162,7 +165,7 @@ def test_paper_preset_matches_the_reference_code():
     assert coupling.n_heads_used == 20
     assert type(maf.net).__name__ == "MaskedAffineAutoregressiveTransform"
     # 17,789 genes is prime: the head count falls back to a divisor (irrelevant with one token)
-    assert MoEAttentionCoupling.__module__ == MOEGenerator.__module__
+    assert (_largest_divisor_at_most(17_789, 20), _largest_divisor_at_most(2001, 20)) == (1, 3)
 
 
 def test_input_mask_is_outside_the_likelihood():
@@ -226,8 +229,7 @@ def test_training_loss_falls_and_sampling_is_seeded(tiny_adata_factory, tmp_path
 
 def test_paper_preset_fits_and_samples_unconditionally(tiny_adata_factory):
     adata = tiny_adata_factory(n_cells=60, n_genes=10, n_types=3, seed=5)
-    model = MOEGenerator.from_preset("paper", label_key="cell_type", gate_hidden=16, coupling_hidden=16,
-                                     maf_hidden=16, mask_hidden=16, epochs=2)
+    model = MOEGenerator(label_key="cell_type", **{**PAPER_SMALL, "epochs": 2})
     history = model.fit(adata, seed=0, progress=False)
     assert len(history.train_loss) == 2 and history.val_loss == []
     synth = model.sample(8, seed=1)
@@ -236,8 +238,6 @@ def test_paper_preset_fits_and_samples_unconditionally(tiny_adata_factory):
 
 
 def test_type_actnorm_starts_at_per_type_z_scores():
-    from cellsynth.generators.moe import ActNorm
-
     torch.manual_seed(0)
     labels = torch.arange(300) % 3
     x = torch.randn(300, 4) * (1 + labels[:, None]) + 5 * labels[:, None]
@@ -253,8 +253,6 @@ def test_type_actnorm_starts_at_per_type_z_scores():
 
 def test_actnorm_moments_accumulated_in_blocks_equal_one_pass():
     """The fit initialises the per-type ActNorm from blocks of cells (no copy of the training part)."""
-    from cellsynth.generators.moe import ActNorm, GroupMoments
-
     torch.manual_seed(1)
     labels = torch.arange(500) % 4
     x = torch.randn(500, 6) * (1 + labels[:, None]) + 3 * labels[:, None]
@@ -280,8 +278,10 @@ def test_bad_hyperparameters_are_clear_errors():
         MOEGenerator(mask_mode="sometimes")
     with pytest.raises(ValueError, match="divisible"):
         MOEGenerator(d_model=30, n_heads=4)
-    with pytest.raises(ValueError, match="unknown preset"):
-        MOEGenerator.from_preset("best")
+    with pytest.raises(ValueError, match=r"moe: device must be one of \('cpu', 'cuda', 'auto'\), got 'tpu'"):
+        MOEGenerator(device="tpu")
+    with pytest.raises(ValueError, match="patience"):
+        MOEGenerator(validation_fraction=0.0)
 
 
 @pytest.mark.parametrize("passes", [1, 2, 3, 10])

@@ -2,6 +2,8 @@
 
 ``GENERATORS`` maps the names used in parameter files to generator classes; every class implements
 :class:`~cellsynth.generators.base.Generator` (``fit``, ``sample``, ``save``, ``load``).
+:class:`PerTypeGenerator` fits one of them per cell type; :func:`q3_upsample_counts` and
+:func:`matched_counts` say how many cells of each type to request.
 """
 
 from cellsynth.generators.activa import ActivaGenerator
@@ -11,23 +13,35 @@ from cellsynth.generators.baselines import (
     GeneShuffleGenerator,
     TrainCopyGenerator,
 )
+from cellsynth.generators.counts import matched_counts, q3_upsample_counts
 from cellsynth.generators.maf import MAFGenerator
-from cellsynth.generators.modes import PerTypeGenerator, matched_counts, q3_upsample_counts
 from cellsynth.generators.moe import MOEGenerator
+from cellsynth.generators.per_type import PerTypeGenerator
 from cellsynth.generators.sdv_models import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
 from cellsynth.generators.smote import SMOTEGenerator
 
-GENERATORS: dict[str, type[Generator]] = {}
-GENERATORS["maf"] = MAFGenerator
-GENERATORS["moe"] = MOEGenerator
-GENERATORS["activa"] = ActivaGenerator
-GENERATORS["ctgan"] = CTGANGenerator
-GENERATORS["tvae"] = TVAEGenerator
-GENERATORS["gaussian_copula"] = GaussianCopulaGenerator
-GENERATORS["train_copy"] = TrainCopyGenerator
-GENERATORS["gene_shuffle"] = GeneShuffleGenerator
-GENERATORS["class_gaussian_pca"] = ClassGaussianPCAGenerator
-GENERATORS["smote"] = SMOTEGenerator
+GENERATORS: dict[str, type[Generator]] = {
+    cls.name: cls
+    for cls in (
+        MAFGenerator,
+        MOEGenerator,
+        ActivaGenerator,
+        CTGANGenerator,
+        TVAEGenerator,
+        GaussianCopulaGenerator,
+        TrainCopyGenerator,
+        GeneShuffleGenerator,
+        ClassGaussianPCAGenerator,
+        SMOTEGenerator,
+    )
+}
 
-__all__ = ["GENERATORS", "Generator", "GeneratorError", "PerTypeGenerator", "TrainingHistory", "matched_counts",
-           "q3_upsample_counts"]
+__all__ = [
+    "GENERATORS",
+    "Generator",
+    "GeneratorError",
+    "PerTypeGenerator",
+    "TrainingHistory",
+    "matched_counts",
+    "q3_upsample_counts",
+]

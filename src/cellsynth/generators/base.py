@@ -20,12 +20,20 @@ Subclasses implement four hooks on plain numpy arrays:
 
 Hyperparameters are a frozen dataclass ``Params`` per subclass, so a typo in a parameter file is an
 error that lists the valid names, never a silently ignored key.
+
+``fit``, ``sample`` and ``load`` run under :func:`rng_scope`: whatever a model or its library draws
+from the global random number generators (torch, numpy, python), the caller's streams stay as they
+were.
+Every subclass with a ``name`` is registered under it, so :meth:`Generator.load` rebuilds any saved
+generator from its ``generator.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +44,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -71,6 +80,34 @@ class TrainingHistory:
 
 class GeneratorError(ValueError):
     """Bad input to a generator (wrong labels, non-finite values, unknown cell type, ...)."""
+
+
+@contextlib.contextmanager
+def rng_scope(seed: int | None = None, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with the global random state restored afterwards.
+
+    Restores torch's CPU generator (and its CUDA generators when CUDA is in use or ``device`` is a
+    CUDA device), numpy's legacy global generator (``np.random``) and python's ``random``. With
+    ``seed``, torch's and numpy's global generators start from ``seed`` inside the block, so what
+    a library draws from them (torch's initialisers, nflows, zuko, CTGAN) is reproducible.
+    """
+    on_cuda = torch.cuda.is_initialized() or (device is not None and torch.device(device).type == "cuda")
+    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if on_cuda else []):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+                np.random.seed(int(seed) % 2**32)  # noqa: NPY002
+            yield
+    finally:
+        np.random.set_state(numpy_state)  # noqa: NPY002
+        random.setstate(python_state)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A seed for the independent stream ``keys`` of ``seed`` (e.g. sub-model ``i`` of a fit), different
+    for every key and every base seed (``numpy.random.SeedSequence``)."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, *(int(k) for k in keys)]).generate_state(1)[0])
 
 
 #: Rows per block when a matrix is transformed or summarised blockwise: temporaries stay at a few
@@ -188,6 +225,13 @@ class Generator(ABC):
     #: Whether ``_sample`` honours the requested cell types. Instances may override it
     #: (e.g. a flow built without a context).
     conditional: bool = True
+    #: Every subclass that sets ``name``, by that name (what ``save`` writes and ``load`` reads).
+    registry: ClassVar[dict[str, type[Generator]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Generator.registry[cls.name] = cls
 
     def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
         valid = {f.name for f in dataclasses.fields(self.Params)}
@@ -229,14 +273,10 @@ class Generator(ABC):
 
             # fitted first, on its own copy: ``_fit`` may transform ``X`` in place
             self._labeller = KNeighborsClassifier(n_neighbors=min(15, len(X))).fit(X.copy(), labels)
-        # Some backends (SDV) seed numpy's global RNG; leave the caller's global state as it was.
-        rng_state = np.random.get_state()  # noqa: NPY002
-        try:
-            started = time.perf_counter()
+        started = time.perf_counter()
+        with rng_scope():
             history = self._fit(X, labels, seed=seed, progress=progress, on_epoch=on_epoch)
-            history.fit_seconds = time.perf_counter() - started
-        finally:
-            np.random.set_state(rng_state)  # noqa: NPY002
+        history.fit_seconds = time.perf_counter() - started
         return history
 
     def sample(
@@ -273,7 +313,8 @@ class Generator(ABC):
         if n_cells == 0:
             X = np.zeros((0, len(self.var_names_)), dtype=np.float32)
         else:
-            X = np.asarray(self._sample(codes, seed=seed), dtype=np.float32)
+            with rng_scope():
+                X = np.asarray(self._sample(codes, seed=seed), dtype=np.float32)
         if X.shape != (n_cells, len(self.var_names_)):
             raise RuntimeError(f"{self.name}: sampled shape {X.shape}, expected {(n_cells, len(self.var_names_))}")
         if self.nonnegative_:
@@ -320,13 +361,9 @@ class Generator(ABC):
         """Rebuild a fitted generator saved with :meth:`save`."""
         directory = Path(directory)
         meta = json.loads((directory / "generator.json").read_text())
-        target = cls
-        if meta["name"] != getattr(cls, "name", None):
-            from cellsynth.generators import GENERATORS
-            from cellsynth.generators.modes import WRAPPERS  # wrappers such as "per_type"
-
-            target = {**GENERATORS, **WRAPPERS}[meta["name"]]
-        model = target(label_key=meta["label_key"], **meta["params"])
+        if meta["name"] not in Generator.registry:
+            raise GeneratorError(f"{directory}: unknown generator {meta['name']!r}; known: {sorted(Generator.registry)}")
+        model = Generator.registry[meta["name"]](label_key=meta["label_key"], **meta["params"])
         model.var_names_ = meta["var_names"]
         model.cell_types_ = meta["cell_types"]
         model.type_counts_ = meta["type_counts"]
@@ -334,7 +371,8 @@ class Generator(ABC):
         model.conditional = meta["conditional"]
         if (directory / "labeller.joblib").exists():
             model._labeller = joblib.load(directory / "labeller.joblib")
-        model._load_state(directory)
+        with rng_scope():  # a network built before its weights are loaded draws from the global RNG
+            model._load_state(directory)
         return model
 
     def hyperparameters(self) -> dict[str, Any]:

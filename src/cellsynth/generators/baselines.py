@@ -34,6 +34,7 @@ from cellsynth.generators.base import (
     column_mean_std,
     row_blocks,
 )
+from cellsynth.generators.params import Check
 
 _STATE_FILE = "baseline_state.npz"
 #: Cells per block when resampling genes independently (bounds the index matrix's memory).
@@ -151,8 +152,7 @@ class ClassGaussianPCAParams:
     standardize: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
-            raise ValueError(f"class_gaussian_pca: n_components must be an integer >= 1, got {self.n_components!r}")
+        Check("class_gaussian_pca", self).integer("n_components")
 
 
 class ClassGaussianPCAGenerator(Generator):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from cellsynth.generators._torch import LoopSettings, one_hot, resolve_device, train_likelihood_model
 from cellsynth.generators.base import (
     EpochCallback,
     Generator,
@@ -20,10 +17,13 @@ from cellsynth.generators.base import (
     Standardizer,
     TrainingHistory,
     column_mean_std,
+    rng_scope,
     row_blocks,
     smallest_nonzero,
     snap_to_zero,
 )
+from cellsynth.generators.params import Check
+from cellsynth.generators.training import LoopSettings, fit_likelihood, one_hot, resolve_device
 
 #: Cells per network batch when sampling. Fixed (not a hyperparameter) because the global-RNG draws
 #: of both libraries, and so the sampled cells, depend on how a request is split into batches.
@@ -103,38 +103,11 @@ class MAFParams:
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
-        def fail(message: str) -> None:
-            raise ValueError(f"maf: {message}")
-
-        if self.backend not in ("nflows", "zuko"):
-            fail(f"backend must be 'nflows' or 'zuko', got {self.backend!r}")
-        if self.whiten not in ("none", "pca"):
-            fail(f"whiten must be 'none' or 'pca', got {self.whiten!r}")
-        if self.order not in ("random", "alternate"):
-            fail(f"order must be 'random' or 'alternate', got {self.order!r}")
-        if self.device not in ("cpu", "cuda", "auto"):
-            fail(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
-        for name in ("n_layers", "hidden_features", "hidden_layers", "epochs", "batch_size", "pca_components"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(f"{name} must be an integer >= 1, got {value!r}")
-        if self.passes is not None and (isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1):
-            fail(f"passes must be None or an integer >= 1, got {self.passes!r}")
-        if not self.learning_rate > 0:
-            fail(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not self.noise_std >= 0:
-            fail(f"noise_std must be >= 0, got {self.noise_std!r}")
-        if not self.weight_decay >= 0:
-            fail(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            fail(f"grad_clip must be None or > 0, got {self.grad_clip!r}")
-        if not 0 <= self.validation_fraction < 1:
-            fail(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.patience is not None:
-            if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-                fail(f"patience must be None or an integer >= 1, got {self.patience!r}")
-            if self.validation_fraction == 0:
-                fail("patience (early stopping) needs validation_fraction > 0")
+        check = Check("maf", self)
+        check.training()
+        check.integer("n_layers", "hidden_features", "hidden_layers", "pca_components")
+        check.integer("passes", optional=True)
+        check.number("noise_std", ge=0)
 
 
 class MAFGenerator(Generator):
@@ -221,7 +194,7 @@ class MAFGenerator(Generator):
         p = self.params
         if p.backend == "zuko" and p.passes is not None and p.passes > n_genes:
             raise GeneratorError(f"maf: passes={p.passes} exceeds the number of genes ({n_genes})")
-        with _rng_scope(seed, self._device()):
+        with rng_scope(seed, self._device()):
             if p.backend == "nflows":
                 flow = _build_nflows(n_genes, self._context_features(), p)
             else:
@@ -260,16 +233,6 @@ class MAFGenerator(Generator):
         )
         context = one_hot(labels, len(self.cell_types_)).numpy() if self.conditional else None
         self._flow = self._build(X.shape[1], seed)
-        settings = LoopSettings(
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            learning_rate=p.learning_rate,
-            weight_decay=p.weight_decay,
-            grad_clip=p.grad_clip,
-            patience=p.patience,
-            validation_fraction=p.validation_fraction,
-            description=f"maf[{p.backend}]",
-        )
         log_det = self._prep.log_det
 
         def loss_fn(x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
@@ -277,28 +240,26 @@ class MAFGenerator(Generator):
                 x = x + p.noise_std * torch.randn_like(x)
             return -(self._log_prob(x, c).mean() + log_det)
 
-        # The loop seeds the global torch RNG; keep the caller's stream untouched.
-        with _rng_scope(seed, self._device()):
-            history = train_likelihood_model(
-                self._flow,
-                loss_fn,
-                W,
-                context,
-                settings,
-                seed=seed,
-                progress=progress,
-                on_epoch=on_epoch,
-                stratify=labels,
-            )
-        self._flow.eval()
-        return history
+        settings = LoopSettings.from_params(p, f"maf[{p.backend}]")
+        return fit_likelihood(
+            self._flow,
+            loss_fn,
+            W,
+            context,
+            settings,
+            seed=seed,
+            device=self._device(),
+            progress=progress,
+            on_epoch=on_epoch,
+            stratify=labels,
+        )
 
     @torch.no_grad()
     def _sample(self, labels: np.ndarray, *, seed: int) -> np.ndarray:
         device = self._device()
         self._flow.eval()
         X = np.empty((len(labels), len(self.var_names_)), dtype=np.float32)
-        with _rng_scope(seed, device):
+        with rng_scope(seed, device):
             for start in range(0, len(labels), SAMPLE_CHUNK):
                 codes = labels[start : start + SAMPLE_CHUNK]
                 c = one_hot(codes, len(self.cell_types_)).to(device) if self.conditional else None
@@ -553,15 +514,6 @@ def _shift_rows(X: np.ndarray, shifts: np.ndarray, codes: np.ndarray) -> None:
     shifts = shifts.astype(np.float32)
     for rows in row_blocks(len(X)):
         X[rows] += shifts[codes[rows]]
-
-
-@contextlib.contextmanager
-def _rng_scope(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global torch RNG inside the block and restore the caller's state afterwards."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def _build_nflows(n_genes: int, n_context: int, p: MAFParams) -> torch.nn.Module:

@@ -26,7 +26,7 @@ Conditional sampling (``conditional=True``, the default)
     Pool sizes follow each type's observed acceptance rate. A type the model (almost) never
     produces within ``max_draw_ratio`` drawn rows per requested cell is a :class:`GeneratorError`
     naming it; use ``conditional=False`` (the paper's setting) or
-    :class:`~cellsynth.generators.modes.PerTypeGenerator`.
+    :class:`~cellsynth.generators.per_type.PerTypeGenerator`.
 
 Unconditional models (``conditional=False``)
     The table has no label column; samples are labelled by the base class's k-NN classifier of the
@@ -36,8 +36,8 @@ Reproducibility
     SDV keeps its own random states: the model's (NumPy, torch) generators and the data
     processor's transformer states. Every ``sample(seed=s)`` first calls ``reset_sampling()`` and
     then seeds the model with ``s``, so the same seed gives the same cells, also after
-    ``save`` / ``load`` (SDV's cloudpickle of the whole synthesizer). Fitting runs under a forked
-    torch RNG seeded with the fit seed (and NumPy's global RNG, restored by the base class).
+    ``save`` / ``load`` (SDV's cloudpickle of the whole synthesizer). Fitting runs with torch's and
+    NumPy's global RNGs seeded with the fit seed, inside a scope that restores the caller's.
 
 Devices
     ``device="cuda"`` / ``"auto"`` sets SDV's ``enable_gpu``. SDV cannot load a model pickled on a
@@ -70,7 +70,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory
+from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory, rng_scope
+from cellsynth.generators.params import Check
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,21 +103,6 @@ def _quiet(capture_stdout: bool = True) -> Iterator[io.StringIO]:
             yield buffer
 
 
-def _check_positive_int(owner: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
-
-
-def _as_int_tuple(owner: str, name: str, value: Any) -> tuple[int, ...]:
-    try:
-        result = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"{owner}: {name} must be a sequence of layer widths, got {value!r}") from None
-    if not result or any(v < 1 for v in result):
-        raise ValueError(f"{owner}: {name} must be non-empty positive layer widths, got {value!r}")
-    return result
-
-
 @dataclasses.dataclass(frozen=True)
 class SDVCommonParams:
     """Hyperparameters shared by the three SDV models."""
@@ -131,9 +117,11 @@ class SDVCommonParams:
     #: this many rows per requested cell have been drawn and some type is still short.
     max_draw_ratio: float = 50.0
 
-    def _validate_common(self, owner: str) -> None:
-        if not self.max_draw_ratio >= 1:
-            raise ValueError(f"{owner}: max_draw_ratio must be >= 1, got {self.max_draw_ratio!r}")
+    def _check(self, owner: str) -> Check:
+        """A :class:`Check` of the subclass's fields that has checked the common ones."""
+        check = Check(owner, self)
+        check.number("max_draw_ratio", ge=1)
+        return check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,20 +147,14 @@ class CTGANParams(SDVCommonParams):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
-        owner = "ctgan"
-        self._validate_common(owner)
-        for name in ("epochs", "batch_size", "embedding_dim", "discriminator_steps", "pac"):
-            _check_positive_int(owner, name, getattr(self, name))
-        for name in ("generator_dim", "discriminator_dim"):
-            object.__setattr__(self, name, _as_int_tuple(owner, name, getattr(self, name)))
-        if self.batch_size % 2 or self.batch_size % self.pac:
-            raise ValueError(
-                f"ctgan: batch_size must be even and a multiple of pac={self.pac}, got {self.batch_size}"
-            )
-        for name in ("generator_lr", "discriminator_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ctgan: {name} must be > 0, got {getattr(self, name)!r}")
-        _check_device(owner, self.device)
+        check = self._check("ctgan")
+        check.integer("epochs", "batch_size", "embedding_dim", "discriminator_steps", "pac")
+        check.widths("generator_dim", "discriminator_dim")
+        check.require(
+            self.batch_size % 2 == 0 and self.batch_size % self.pac == 0,
+            f"batch_size must be even and a multiple of pac={self.pac}, got {self.batch_size}",
+        )
+        check.number("generator_lr", "discriminator_lr", gt=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,15 +172,10 @@ class TVAEParams(SDVCommonParams):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
-        owner = "tvae"
-        self._validate_common(owner)
-        for name in ("epochs", "batch_size", "embedding_dim"):
-            _check_positive_int(owner, name, getattr(self, name))
-        for name in ("compress_dims", "decompress_dims"):
-            object.__setattr__(self, name, _as_int_tuple(owner, name, getattr(self, name)))
-        if not self.l2scale >= 0:
-            raise ValueError(f"tvae: l2scale must be >= 0, got {self.l2scale!r}")
-        _check_device(owner, self.device)
+        check = self._check("tvae")
+        check.integer("epochs", "batch_size", "embedding_dim")
+        check.widths("compress_dims", "decompress_dims")
+        check.number("l2scale", ge=0)
 
 
 GaussianCopulaDistribution = Literal["norm", "beta", "truncnorm", "gamma", "uniform", "gaussian_kde"]
@@ -215,18 +192,7 @@ class GaussianCopulaParams(SDVCommonParams):
     default_distribution: GaussianCopulaDistribution = "beta"
 
     def __post_init__(self) -> None:
-        self._validate_common("gaussian_copula")
-        allowed = ("norm", "beta", "truncnorm", "gamma", "uniform", "gaussian_kde")
-        if self.default_distribution not in allowed:
-            raise ValueError(
-                f"gaussian_copula: default_distribution must be one of {allowed}, "
-                f"got {self.default_distribution!r}"
-            )
-
-
-def _check_device(owner: str, device: str) -> None:
-    if device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"{owner}: device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+        self._check("gaussian_copula")
 
 
 class SDVGenerator(Generator):
@@ -301,10 +267,10 @@ class SDVGenerator(Generator):
             # CTGAN's data transformer encodes tables of >= 500 rows with joblib ``Parallel`` over
             # genes, each task pickling the whole transformer (every gene's mixture): quadratic in
             # the genes (150 genes: 86 s with loky vs 12 s in-process; 2000 genes: hours). Run
-            # those tasks in-process (also keeps the global RNG seeded below in charge).
-            with torch.random.fork_rng(devices=[]), joblib.parallel_config(backend="sequential"):
-                torch.manual_seed(int(seed))
-                np.random.seed(int(seed) % 2**32)  # noqa: NPY002 (CTGAN/TVAE draw from the global RNG)
+            # those tasks in-process (also keeps the global RNG seeded here in charge: CTGAN and TVAE
+            # draw from torch's and numpy's).
+            device = "cuda" if self._enable_gpu() else None
+            with rng_scope(seed, device), joblib.parallel_config(backend="sequential"):
                 self._synth.fit({_TABLE: frame})
         if "PerformanceAlert" in printed.getvalue():
             LOGGER.info("%s: SDV warns that the encoded table is wide (%d genes); fitting anyway", self.name, X.shape[1])
@@ -410,7 +376,7 @@ class SDVGenerator(Generator):
             self._synth = load_synthesizer(str(directory / _MODEL_FILE))
 
     def _enable_gpu(self) -> bool:
-        device = self.params.device
+        device = getattr(self.params, "device", "cpu")  # the Gaussian copula has no device
         if device == "cuda" and not torch.cuda.is_available():
             raise GeneratorError(f"{self.name}: device='cuda' but no CUDA device is available")
         return device == "cuda" or (device == "auto" and torch.cuda.is_available())

@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from cellsynth.generators.baselines import _TrainingCellsBaseline
+from cellsynth.generators.params import Check
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ class SMOTEParams:
     k_neighbors: int = 5
 
     def __post_init__(self) -> None:
-        if int(self.k_neighbors) < 1:
-            raise ValueError(f"smote: k_neighbors must be >= 1, got {self.k_neighbors}")
+        Check("smote", self).integer("k_neighbors")
 
 
 class SMOTEGenerator(_TrainingCellsBaseline):

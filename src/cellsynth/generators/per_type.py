@@ -1,18 +1,11 @@
-"""Generation modes: how many synthetic cells of which type, and one model per type.
-
-* :func:`q3_upsample_counts`: the seed paper's up-sampling rule (every minority type is filled up to
-  the third quartile of the class sizes).
-* :func:`matched_counts`: ``n`` cells in the training proportions (e.g. synthetic n = test n).
-* :class:`PerTypeGenerator`: the paper's per-type strategy for up-sampling, one instance of any
-  registered generator per cell type behind the ordinary :class:`Generator` interface.
-"""
+"""One model per cell type (the seed paper's strategy for up-sampling) behind the :class:`Generator`
+interface: :class:`PerTypeGenerator` wraps any registered generator."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,78 +13,18 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory
+from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory, derive_seed
+from cellsynth.generators.params import Check
 
 LOGGER = logging.getLogger(__name__)
-
-
-def _validated_counts(type_counts: Mapping[str, int]) -> dict[str, int]:
-    if not type_counts:
-        raise ValueError("type_counts is empty")
-    counts: dict[str, int] = {}
-    for cell_type, count in type_counts.items():
-        if isinstance(count, bool) or int(count) != count or count < 0:
-            raise ValueError(f"count of {cell_type!r} must be a non-negative integer, got {count!r}")
-        counts[str(cell_type)] = int(count)
-    return counts
-
-
-def q3_upsample_counts(type_counts: Mapping[str, int]) -> dict[str, int]:
-    """Synthetic cells per type under the seed paper's Q3 rule.
-
-    ``q3 = np.quantile(counts, 0.75, method="nearest")`` over the class sizes; every type with
-    fewer than ``q3`` cells gets ``q3 - count`` synthetic cells. Types at or above ``q3`` get none
-    and are **omitted** from the result, so it can be passed straight to
-    ``Generator.sample(sum(result.values()), cell_types=result)``. Keys keep the input order.
-
-    >>> q3_upsample_counts({"a": 10, "b": 20, "c": 30, "d": 40, "e": 100})
-    {'a': 30, 'b': 20, 'c': 10}
-    """
-    counts = _validated_counts(type_counts)
-    q3 = int(np.quantile(np.asarray(list(counts.values())), 0.75, method="nearest"))
-    return {cell_type: q3 - count for cell_type, count in counts.items() if count < q3}
-
-
-def matched_counts(type_counts: Mapping[str, int], n_cells: int, seed: int = 0) -> dict[str, int]:
-    """``n_cells`` split over the types in their training proportions.
-
-    Largest-remainder (Hamilton) rounding: each type first gets ``floor(n * p_t)``; the cells left
-    over go one each to the types with the largest fractional parts ``n * p_t - floor(n * p_t)``.
-    Ties between equal fractional parts are broken by a random order drawn from ``seed``, so the
-    result is deterministic for a given seed and no type is favoured by its position. The result
-    has every input type (zero counts included), in input order, and sums to ``n_cells``.
-    """
-    counts = _validated_counts(type_counts)
-    n_cells = int(n_cells)
-    if n_cells < 0:
-        raise ValueError(f"n_cells must be >= 0, got {n_cells}")
-    values = np.asarray(list(counts.values()), dtype=np.int64)
-    total = int(values.sum())
-    if total == 0:
-        raise ValueError("type_counts sum to 0: no proportions to match")
-    # Exact integer arithmetic: quota_t = n * c_t / total = floor + remainder_t / total.
-    floors = (n_cells * values) // total
-    remainders = (n_cells * values) % total
-    left = n_cells - int(floors.sum())
-    tie_break = np.random.default_rng(seed).permutation(len(values))
-    # Sort by remainder descending, then by the seeded tie-break order.
-    order = np.lexsort((tie_break, -remainders))
-    result = floors.copy()
-    result[order[:left]] += 1
-    return {cell_type: int(c) for cell_type, c in zip(counts, result, strict=True)}
-
-
-def _derived_seed(seed: int, index: int) -> int:
-    """A seed for sub-model ``index`` that differs between sub-models and between base seeds."""
-    return int(np.random.SeedSequence([int(seed) % 2**63, int(index)]).generate_state(1)[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class PerTypeParams:
     """Hyperparameters of :class:`PerTypeGenerator`."""
 
-    #: Name of the wrapped generator in ``GENERATORS`` (required; a generator class is accepted and
-    #: stored by its name).
+    #: Name of the wrapped generator (a name of ``GENERATORS``; required). A generator class is
+    #: accepted and stored by its name.
     generator: str
     #: Hyperparameters of every sub-model (fields of the wrapped generator's ``Params``).
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -106,41 +39,40 @@ class PerTypeParams:
     small_types: Literal["error", "skip"] = "error"
 
     def __post_init__(self) -> None:
-        generator = self.generator
-        if isinstance(generator, type):
-            generator = getattr(generator, "name", None)
-            object.__setattr__(self, "generator", generator)
-        from cellsynth.generators import GENERATORS
-
-        if generator not in GENERATORS:
-            raise ValueError(f"per_type: unknown generator {generator!r}; registered: {sorted(GENERATORS)}")
+        if isinstance(self.generator, type):
+            object.__setattr__(self, "generator", getattr(self.generator, "name", None))
+        check = Check("per_type", self)
+        check.require(
+            _generator_class(self.generator) is not None,
+            f"unknown generator {self.generator!r}; registered: {sorted(_models())}",
+        )
         # Validates the sub-model hyperparameters now, not after the first type has been trained.
-        GENERATORS[generator](**dict(self.params))
+        _generator_class(self.generator)(**dict(self.params))
         object.__setattr__(self, "params", dict(self.params))
         if self.types is not None:
             object.__setattr__(self, "types", tuple(str(t) for t in self.types))
-        if isinstance(self.min_cells, bool) or not isinstance(self.min_cells, int) or self.min_cells < 2:
-            raise ValueError(f"per_type: min_cells must be an integer >= 2, got {self.min_cells!r}")
-        if self.small_types not in ("error", "skip"):
-            raise ValueError(f"per_type: small_types must be 'error' or 'skip', got {self.small_types!r}")
+        check.integer("min_cells", minimum=2)
 
 
 _INDEX_FILE = "per_type.json"
 
 
+def _models() -> dict[str, type[Generator]]:
+    """The registered generators a per-type model can wrap (not wrappers themselves)."""
+    return {name: cls for name, cls in Generator.registry.items() if not issubclass(cls, PerTypeGenerator)}
+
+
 def _generator_class(generator: Any) -> type[Generator] | None:
     """The registered class of ``generator`` (a name or a class), ``None`` if it is neither."""
-    from cellsynth.generators import GENERATORS
-
     if isinstance(generator, type) and issubclass(generator, Generator):
         return generator
-    return GENERATORS.get(generator) if isinstance(generator, str) else None
+    return _models().get(generator) if isinstance(generator, str) else None
 
 
 class PerTypeGenerator(Generator):
     """One model per cell type: the seed paper's strategy for up-sampling minority types.
 
-    ``fit`` trains a separate instance of ``generator`` (any name in ``GENERATORS``) on the
+    ``fit`` trains a separate instance of ``generator`` (a name in ``GENERATORS``) on the
     training cells of each type (or of ``types`` only); sub-model *i* (in the order of the
     training categories) is fitted with a seed derived from the fit seed and *i*. ``sample`` draws
     each requested type from its own model, with a seed derived from the sample seed and the type
@@ -203,8 +135,6 @@ class PerTypeGenerator(Generator):
         progress: bool,
         on_epoch: EpochCallback | None,
     ) -> TrainingHistory:
-        from cellsynth.generators import GENERATORS
-
         wanted = self.cell_types_ if self.params.types is None else list(self.params.types)
         unknown = sorted(set(wanted) - set(self.cell_types_))
         if unknown:
@@ -217,7 +147,7 @@ class PerTypeGenerator(Generator):
                 f"min_cells={self.params.min_cells} training cells; drop them, or set "
                 "small_types='skip' to leave them without a model"
             )
-        cls = GENERATORS[self.params.generator]
+        cls = _generator_class(self.params.generator)
         history = TrainingHistory()
         self.models_ = {}
         for code, cell_type in enumerate(self.cell_types_):
@@ -247,7 +177,7 @@ class PerTypeGenerator(Generator):
                 def callback(epoch: int, metrics: dict[str, float], _t: str = cell_type) -> None:
                     on_epoch(epoch, {f"{_t}/{k}": v for k, v in metrics.items()})
 
-            sub_history = model.fit(sub, seed=_derived_seed(seed, code), progress=progress, on_epoch=callback)
+            sub_history = model.fit(sub, seed=derive_seed(seed, code), progress=progress, on_epoch=callback)
             for series, values in {
                 "train_loss": sub_history.train_loss,
                 "val_loss": sub_history.val_loss,
@@ -271,7 +201,7 @@ class PerTypeGenerator(Generator):
             cell_type = self.cell_types_[code]
             positions = np.flatnonzero(labels == code)
             synth = self.models_[cell_type].sample(
-                len(positions), cell_types={cell_type: len(positions)}, seed=_derived_seed(seed, int(code))
+                len(positions), cell_types={cell_type: len(positions)}, seed=derive_seed(seed, int(code))
             )
             out[positions] = np.asarray(synth.X, dtype=np.float32)
         return out
@@ -288,7 +218,3 @@ class PerTypeGenerator(Generator):
     def _load_state(self, directory: Path) -> None:
         index = json.loads((directory / _INDEX_FILE).read_text())
         self.models_ = {cell_type: Generator.load(directory / subdir) for cell_type, subdir in index.items()}
-
-
-WRAPPERS: dict[str, type[Generator]] = {PerTypeGenerator.name: PerTypeGenerator}
-"""Generators that wrap others (not models in their own right, so not in ``GENERATORS``)."""

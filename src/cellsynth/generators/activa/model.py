@@ -98,9 +98,7 @@ and keeps the rest.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -108,15 +106,26 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from cellsynth.generators._torch import one_hot, resolve_device, seeded_generator, validation_split
+from cellsynth.generators.activa.modules import ActivaNetworks, kl_to_prior, reconstruction_error
 from cellsynth.generators.base import (
     EpochCallback,
     Generator,
     GeneratorError,
     TrainingHistory,
+    rng_scope,
     smallest_nonzero,
+)
+from cellsynth.generators.params import Check
+from cellsynth.generators.training import (
+    NOISE_STREAM,
+    LoopSettings,
+    one_hot,
+    resolve_device,
+    seeded_generator,
+    train,
+    update,
+    validation_split,
 )
 
 _STATE_FILE = "activa_state.pt"
@@ -124,10 +133,6 @@ _STATE_FILE = "activa_state.pt"
 #: Cells per network batch when sampling (the latent draws are made for all cells at once, so the
 #: chunk size does not change the sampled cells).
 SAMPLE_CHUNK = 4096
-
-#: Log-variance of q(z|x) is clamped to this range: exp(logvar) over/underflowing is the usual way an
-#: introspective VAE's encoder produces NaN once it starts pushing generated cells away.
-_LOGVAR_RANGE = (-12.0, 8.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,98 +189,13 @@ class ActivaParams:
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
     def __post_init__(self) -> None:
-        def fail(message: str) -> None:
-            raise ValueError(f"activa: {message}")
-
-        def positive_int(name: str, value: object, minimum: int = 1) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                fail(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-        for name in ("latent_dim", "epochs", "batch_size"):
-            positive_int(name, getattr(self, name))
-        positive_int("warmup_epochs", self.warmup_epochs, minimum=0)
-        for name in ("hidden", "classifier_hidden"):
-            # YAML gives lists; store tuples so the dataclass stays hashable and JSON round-trips.
-            widths = tuple(getattr(self, name))
-            object.__setattr__(self, name, widths)
-            for width in widths:
-                positive_int(f"every width in {name}", width)
-        if self.condition_on not in ("prediction", "label"):
-            fail(f"condition_on must be 'prediction' or 'label', got {self.condition_on!r}")
-        if self.output not in ("snapped", "mean"):
-            fail(f"output must be 'snapped' or 'mean', got {self.output!r}")
-        if self.device not in ("cpu", "cuda", "auto"):
-            fail(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
-        for name in ("margin", "alpha", "beta", "kl_weight", "type_weight", "weight_decay"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                fail(f"{name} must be a finite number >= 0, got {value!r}")
-        if not self.beta > 0:
-            fail("beta (reconstruction weight) must be > 0")
-        for name in ("learning_rate", "classifier_learning_rate"):
-            if not getattr(self, name) > 0:
-                fail(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            fail(f"grad_clip must be None or > 0, got {self.grad_clip!r}")
-        if not 0 <= self.validation_fraction < 1:
-            fail(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
-        if self.patience is not None:
-            positive_int("patience", self.patience)
-            if self.validation_fraction == 0:
-                fail("patience (early stopping) needs validation_fraction > 0")
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers of ``sizes`` with LeakyReLU(0.2) between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            # Leaky, as in IntroVAE's networks: the encoder-as-discriminator needs gradients for
-            # inputs far from the data, which dead ReLUs would cut off.
-            layers.append(nn.LeakyReLU(0.2))
-    return nn.Sequential(*layers)
-
-
-class ActivaNetworks(nn.Module):
-    """Encoder, decoder and cell-type classifier of ACTIVA (see the module docstring)."""
-
-    def __init__(self, n_genes: int, n_types: int, p: ActivaParams):
-        super().__init__()
-        self.n_types = n_types
-        self.latent_dim = p.latent_dim
-        widths = list(p.hidden)
-        self.encoder = _mlp([n_genes + n_types, *widths, 2 * p.latent_dim])
-        self.decoder = _mlp([p.latent_dim + n_types, *reversed(widths), n_genes])
-        self.classifier = _mlp([n_genes, *p.classifier_hidden, n_types])
-        #: Smallest non-zero training value of each gene (0 for genes never expressed); ``output="snapped"``.
-        self.register_buffer("gene_floor", torch.zeros(n_genes))
-
-    def encode(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(torch.cat([x, c], dim=1)).chunk(2, dim=1)
-        return mu, logvar.clamp(*_LOGVAR_RANGE)
-
-    def decode(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # ReLU output (ACTIVA): log-normalised expression is >= 0, and exact zeros are reachable.
-        return F.relu(self.decoder(torch.cat([z, c], dim=1)))
-
-    @torch.no_grad()
-    def init_output_bias(self, gene_means: torch.Tensor) -> None:
-        """Start the decoder at each gene's mean: every output unit starts alive (> 0 where the gene
-        is expressed), and reconstruction starts at the per-gene mean rather than at zero."""
-        last = self.decoder[-1]
-        last.bias.copy_(gene_means)
-        last.weight.mul_(0.1)
-
-
-def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per cell, summed over latent dimensions."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
-
-
-def _reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """``0.5 * ||x - x_hat||^2`` per cell (summed over genes)."""
-    return 0.5 * (x - x_hat).pow(2).sum(dim=1)
+        check = Check("activa", self)
+        check.training()
+        check.integer("latent_dim")
+        check.integer("warmup_epochs", minimum=0)
+        check.widths("hidden", "classifier_hidden")
+        check.number("margin", "alpha", "kl_weight", "type_weight", ge=0)
+        check.number("beta", "classifier_learning_rate", gt=0)
 
 
 class ActivaGenerator(Generator):
@@ -285,7 +205,7 @@ class ActivaGenerator(Generator):
     ``sample`` returns non-negative log-normalised cells of the requested types (the decoder's ReLU
     output; the base class's clipping at 0 is then a no-op). Objective, conditioning, training
     losses and the origin of every hyperparameter: see the module docstring of
-    :mod:`cellsynth.generators.activa`.
+    :mod:`cellsynth.generators.activa.model`.
 
     Default preset on PBMC3K fold 0 (2000 HVGs, 2110 training cells; shared 2-core machine): 17
     epochs in 558 s (best validation epoch 11; validation negative ELBO 2554 -> 2322 per cell), the
@@ -316,8 +236,7 @@ class ActivaGenerator(Generator):
 
     def _build(self, n_genes: int, seed: int) -> ActivaNetworks:
         """Fresh networks; the initial weights depend only on ``seed``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+        with rng_scope(seed, self._device()):
             nets = ActivaNetworks(n_genes, len(self.cell_types_), self.params)
         return nets.to(self._device())
 
@@ -365,59 +284,22 @@ class ActivaGenerator(Generator):
         opt_e = adam(nets.encoder, p.learning_rate)
         opt_g = adam(nets.decoder, p.learning_rate)
         opt_c = adam(nets.classifier, p.classifier_learning_rate)
-        shuffler = seeded_generator(seed + 1)
-        history = TrainingHistory()
-        best_val, best_state, best_epoch, stale = math.inf, None, None, 0
-        bar = tqdm(range(p.epochs), desc="activa", disable=not progress, leave=False)
-        # Reparameterisation and prior draws use the global RNG, seeded here and restored afterwards.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(int(seed))
-            for epoch in bar:
-                introspective = epoch >= p.warmup_epochs
-                nets.train()
-                order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=shuffler)]
-                sums: dict[str, float] = {}
-                seen = 0
-                for start in range(0, len(order), p.batch_size):
-                    batch = order[start : start + p.batch_size].to(device)
-                    terms = self._step(X_t[batch], y_t[batch], introspective, opt_e, opt_g, opt_c)
-                    for key, value in terms.items():
-                        if not math.isfinite(value):
-                            raise FloatingPointError(
-                                f"activa: {key} became {value} at epoch {epoch}; lower the learning "
-                                "rate or alpha, or enable grad_clip"
-                            )
-                        sums[key] = sums.get(key, 0.0) + value * len(batch)
-                    seen += len(batch)
-                metrics = {key: value / max(seen, 1) for key, value in sums.items()}
-                if len(val_idx):
-                    metrics |= self._validate(X_t[val_idx], y_t[val_idx], seed)
-                history.train_loss.append(metrics["train_loss"])
-                if "val_loss" in metrics:
-                    history.val_loss.append(metrics["val_loss"])
-                for key, value in metrics.items():
-                    if key not in ("train_loss", "val_loss"):
-                        history.extra.setdefault(key, []).append(value)
-                if len(val_idx) and introspective:
-                    if metrics["val_loss"] < best_val - 1e-4:
-                        best_val, best_epoch, stale = metrics["val_loss"], epoch, 0
-                        best_state = copy.deepcopy(nets.state_dict())
-                    else:
-                        stale += 1
-                bar.set_postfix(
-                    {"loss": f"{metrics['train_loss']:.4g}", "val": f"{metrics.get('val_loss', math.nan):.4g}",
-                     "phase": "intro" if introspective else "vae"}
-                )
-                if on_epoch is not None:
-                    on_epoch(epoch, metrics)
-                if p.patience is not None and len(val_idx) and stale >= p.patience:
-                    history.stopped_early = True
-                    break
-        if best_state is not None:
-            nets.load_state_dict(best_state)
-            history.best_epoch = best_epoch
-        nets.eval()
-        return history
+
+        def step(batch: torch.Tensor, epoch: int) -> dict[str, float]:
+            batch = batch.to(device)
+            return self._step(X_t[batch], y_t[batch], epoch >= p.warmup_epochs, opt_e, opt_g, opt_c)
+
+        return train(
+            nets,
+            step,
+            train_idx,
+            LoopSettings.from_params(p, "activa"),
+            seed=seed,
+            device=device,
+            validate=(lambda: self._validate(X_t[val_idx], y_t[val_idx], seed)) if len(val_idx) else None,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
 
     def _step(
         self,
@@ -434,10 +316,7 @@ class ActivaGenerator(Generator):
 
         # Classifier: cross-entropy on real cells only.
         classifier_loss = F.cross_entropy(nets.classifier(x), y)
-        opt_c.zero_grad(set_to_none=True)
-        classifier_loss.backward()
-        self._clip(nets.classifier)
-        opt_c.step()
+        update(classifier_loss, [opt_c], [nets.classifier], p.grad_clip)
         out["classifier_loss"] = classifier_loss.item()
 
         c = self._condition(x, y)
@@ -455,8 +334,8 @@ class ActivaGenerator(Generator):
             return F.cross_entropy(nets.classifier(x_p), y)
 
         mu, logvar, z, x_r, x_p = forward()
-        kl_real = _kl(mu, logvar).mean()
-        rec = _reconstruction(x, x_r).mean()
+        kl_real = kl_to_prior(mu, logvar).mean()
+        rec = reconstruction_error(x, x_r).mean()
         elbo = p.beta * rec + p.kl_weight * kl_real
         out |= {"train_loss": elbo.item(), "reconstruction": rec.item(), "kl_real": kl_real.item()}
 
@@ -464,16 +343,10 @@ class ActivaGenerator(Generator):
             # Warm-up: a plain conditional VAE, encoder and decoder trained jointly.
             t_loss = type_loss(x_p)
             loss = elbo + p.type_weight * t_loss
-            for opt in (opt_e, opt_g):
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._clip(nets.encoder)
-            self._clip(nets.decoder)
-            opt_e.step()
-            opt_g.step()
+            update(loss, [opt_e, opt_g], [nets.encoder, nets.decoder], p.grad_clip)
             with torch.no_grad():  # reported (not trained on) so every series has one value per epoch
-                kl_rec_e = _kl(*nets.encode(x_r, c)).mean()
-                kl_fake_e = _kl(*nets.encode(x_p, c_p)).mean()
+                kl_rec_e = kl_to_prior(*nets.encode(x_r, c)).mean()
+                kl_fake_e = kl_to_prior(*nets.encode(x_p, c_p)).mean()
             return out | {
                 "encoder_loss": loss.item(),
                 "decoder_loss": loss.item(),
@@ -483,27 +356,21 @@ class ActivaGenerator(Generator):
             }
 
         # Encoder (discriminator): real cells near the prior, generated cells >= margin away.
-        kl_rec_e = _kl(*nets.encode(x_r.detach(), c))
-        kl_fake_e = _kl(*nets.encode(x_p.detach(), c_p))
+        kl_rec_e = kl_to_prior(*nets.encode(x_r.detach(), c))
+        kl_fake_e = kl_to_prior(*nets.encode(x_p.detach(), c_p))
         adversarial = (F.relu(p.margin - kl_rec_e) + F.relu(p.margin - kl_fake_e)).mean()
         loss_e = elbo + p.alpha * adversarial
-        opt_e.zero_grad(set_to_none=True)
-        loss_e.backward()
-        self._clip(nets.encoder)
-        opt_e.step()
+        update(loss_e, [opt_e], [nets.encoder], p.grad_clip)
 
         # Decoder: the opposite pressure, through the updated encoder; z fixed (no encoder update).
         x_r = nets.decode(z.detach(), c)
         x_p = nets.decode(torch.randn_like(mu), c_p)
-        kl_rec = _kl(*nets.encode(x_r, c)).mean()
-        kl_fake = _kl(*nets.encode(x_p, c_p)).mean()
-        rec_g = _reconstruction(x, x_r).mean()
+        kl_rec = kl_to_prior(*nets.encode(x_r, c)).mean()
+        kl_fake = kl_to_prior(*nets.encode(x_p, c_p)).mean()
+        rec_g = reconstruction_error(x, x_r).mean()
         t_loss = type_loss(x_p)
         loss_g = p.alpha * (kl_rec + kl_fake) + p.beta * rec_g + p.type_weight * t_loss
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self._clip(nets.decoder)
-        opt_g.step()
+        update(loss_g, [opt_g], [nets.decoder], p.grad_clip)
         return out | {
             "encoder_loss": loss_e.item(),
             "decoder_loss": loss_g.item(),
@@ -512,22 +379,18 @@ class ActivaGenerator(Generator):
             "type_loss": t_loss.item(),
         }
 
-    def _clip(self, module: nn.Module) -> None:
-        if self.params.grad_clip:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), self.params.grad_clip)
-
     @torch.no_grad()
     def _validate(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, float]:
         """Negative ELBO and classifier accuracies on the validation cells (fixed noise per call)."""
         p, nets = self.params, self._nets
         nets.eval()
-        noise = seeded_generator(seed + 2)
+        noise = seeded_generator(seed, NOISE_STREAM)
         eps = torch.randn((len(x), p.latent_dim), generator=noise).to(x.device)
         z_p = torch.randn((len(x), p.latent_dim), generator=noise).to(x.device)
         c = self._condition(x, y)
         mu, logvar = nets.encode(x, c)
         x_r = nets.decode(mu + eps * torch.exp(0.5 * logvar), c)
-        elbo = p.beta * _reconstruction(x, x_r) + p.kl_weight * _kl(mu, logvar)
+        elbo = p.beta * reconstruction_error(x, x_r) + p.kl_weight * kl_to_prior(mu, logvar)
         x_p = nets.decode(z_p, F.one_hot(y, nets.n_types).to(x.dtype))
         nets.train()
         return {

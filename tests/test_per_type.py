@@ -1,4 +1,4 @@
-"""Generation modes: the paper's Q3 rule, matched counts, and the per-type wrapper."""
+"""Cell counts (the paper's Q3 rule, matched counts) and the per-type wrapper."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellsynth.generators import GENERATORS, Generator, GeneratorError, TrainingHistory
-from cellsynth.generators.modes import PerTypeGenerator, matched_counts, q3_upsample_counts
+from cellsynth.generators import (
+    GENERATORS,
+    Generator,
+    GeneratorError,
+    PerTypeGenerator,
+    TrainingHistory,
+    matched_counts,
+    q3_upsample_counts,
+)
 
 
 # ---------------------------------------------------------------------------------------- Q3 rule
@@ -80,7 +87,10 @@ class _RecorderParams:
 
 
 class _Recorder(Generator):
-    """Fake generator: remembers its fit seed and training rows, reports per-epoch losses."""
+    """Fake generator: remembers its fit seed and training rows, reports per-epoch losses.
+
+    Defining it registers it (``Generator.__init_subclass__``), so ``per_type`` can wrap it.
+    """
 
     name = "_recorder"
     Params = _RecorderParams
@@ -107,10 +117,11 @@ class _Recorder(Generator):
             self.rows_, self.seed_ = state["rows"], int(state["seed"])
 
 
-@pytest.fixture()
-def recorder(monkeypatch):
-    monkeypatch.setitem(GENERATORS, "_recorder", _Recorder)
-    return _Recorder
+@pytest.fixture(scope="module")
+def recorder():
+    assert Generator.registry["_recorder"] is _Recorder
+    yield _Recorder
+    Generator.registry.pop("_recorder")  # not a generator of the rest of the session
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +214,10 @@ def test_per_type_small_types_error_or_skip(adata):
 def test_per_type_bad_parameters_are_clear_errors():
     with pytest.raises(ValueError, match="unknown generator"):
         PerTypeGenerator(generator="nope")
+    with pytest.raises(ValueError, match="unknown generator"):
+        PerTypeGenerator(generator="per_type")  # registered, but a wrapper
+    with pytest.raises(ValueError, match=r"small_types must be one of \('error', 'skip'\)"):
+        PerTypeGenerator(generator="train_copy", small_types="drop")
     with pytest.raises(TypeError, match="unknown hyperparameter"):
         PerTypeGenerator(generator="class_gaussian_pca", params={"n_comps": 3})
     with pytest.raises(TypeError, match="unknown hyperparameter"):
