@@ -28,8 +28,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from cellsynth.data.validation import BATCH_COLUMN, LABEL_COLUMN, InputDataError
+from cellsynth.data.validation import InputDataError
 from cellsynth.reporting.html import Figure, Table, section
+from cellsynth.schema import BATCH_KEY, LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def harmonise_labels(
     """
     if unmapped not in ("keep", "drop"):
         raise InputDataError(f"label mapping: unmapped must be 'keep' or 'drop', got {unmapped!r}")
-    labels = adata.obs[LABEL_COLUMN].astype(object)
+    labels = adata.obs[LABEL_KEY].astype(object)
     counts = labels.value_counts(dropna=True)
     mapping = mapping_as_dict(mapping, dataset=dataset)
     rows = []
@@ -232,7 +233,7 @@ def harmonise_labels(
             dataset, dropped, dict(zip(table.loc[table["harmonised"] == "", "label"], table.loc[table["harmonised"] == "", "n_cells"], strict=True)),
         )
     out = adata[keep].copy()
-    out.obs[LABEL_COLUMN] = pd.Categorical(new[keep].to_numpy())
+    out.obs[LABEL_KEY] = pd.Categorical(new[keep].to_numpy())
     return out, table
 
 
@@ -248,17 +249,17 @@ def concatenate_datasets(parts: Mapping[str, AnnData], genes: Sequence[str]) -> 
     for name, part in parts.items():
         piece = part[:, genes].copy()
         piece.obs["dataset"] = name
-        if BATCH_COLUMN in piece.obs:  # a dataset with batches of its own: "<dataset>/<batch>"
-            piece.obs[BATCH_COLUMN] = name + "/" + piece.obs[BATCH_COLUMN].astype(str)
+        if BATCH_KEY in piece.obs:  # a dataset with batches of its own: "<dataset>/<batch>"
+            piece.obs[BATCH_KEY] = name + "/" + piece.obs[BATCH_KEY].astype(str)
         else:
-            piece.obs[BATCH_COLUMN] = name
-        piece.obs[LABEL_COLUMN] = piece.obs[LABEL_COLUMN].astype(object)
+            piece.obs[BATCH_KEY] = name
+        piece.obs[LABEL_KEY] = piece.obs[LABEL_KEY].astype(object)
         piece.uns = {}
         pieces.append(piece)
     combined = ad.concat(pieces, join="inner", keys=list(parts), index_unique="-", merge=None)
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
     combined.var = pd.DataFrame(index=genes)
-    for column in (LABEL_COLUMN, BATCH_COLUMN, "dataset"):
+    for column in (LABEL_KEY, BATCH_KEY, "dataset"):
         combined.obs[column] = pd.Categorical(combined.obs[column].astype(object))
     return combined
 
@@ -328,7 +329,7 @@ def _combat(X, batch: pd.Categorical, covariate: pd.Categorical | None) -> np.nd
     if (~variable).any():
         log.warning("combat: %d genes are constant within a batch; they get the linear correction instead", int((~variable).sum()))
         corrected[:, ~variable] = remove_batch_effect(dense[:, ~variable], batch, covariate)
-    obs = pd.DataFrame({BATCH_COLUMN: batch}, index=[str(i) for i in range(len(batch))])
+    obs = pd.DataFrame({BATCH_KEY: batch}, index=[str(i) for i in range(len(batch))])
     covariates = None
     if covariate is not None and len(covariate.categories) > 1:
         # Treatment-coded numeric columns: scanpy one-hot encodes a categorical covariate in full,
@@ -337,7 +338,7 @@ def _combat(X, batch: pd.Categorical, covariate: pd.Categorical | None) -> np.nd
         for j, name in enumerate(covariates, start=1):
             obs[name] = (covariate.codes == j).astype(np.float64)
     work = AnnData(X=dense[:, variable], obs=obs)
-    corrected[:, variable] = sc.pp.combat(work, key=BATCH_COLUMN, covariates=covariates, inplace=False)
+    corrected[:, variable] = sc.pp.combat(work, key=BATCH_KEY, covariates=covariates, inplace=False)
     return corrected
 
 
@@ -356,12 +357,12 @@ def correct_batch_effects(
     """
     if method not in METHODS:
         raise InputDataError(f"integration.method must be one of {list(METHODS)}, got {method!r}")
-    if BATCH_COLUMN not in adata.obs:
+    if BATCH_KEY not in adata.obs:
         raise InputDataError("batch correction needs obs['batch']")
     out = adata.copy()
     out.layers[UNCORRECTED_LAYER] = sp.csr_matrix(adata.X, dtype=np.float32) if sp.issparse(adata.X) else adata.X.copy()
-    batch = pd.Categorical(adata.obs[BATCH_COLUMN].astype(str))
-    covariate = pd.Categorical(adata.obs[LABEL_COLUMN].astype(str)) if protect_cell_type else None
+    batch = pd.Categorical(adata.obs[BATCH_KEY].astype(str))
+    covariate = pd.Categorical(adata.obs[LABEL_KEY].astype(str)) if protect_cell_type else None
     if method == "linear":
         out.X = remove_batch_effect(adata.X, batch, covariate)
     elif method == "combat":
@@ -451,10 +452,10 @@ def _scoring_genes(adata: AnnData, n_top_genes: int) -> pd.Index:
 
     n_top = min(int(n_top_genes), adata.n_vars)
     if "counts" in adata.layers:
-        work = AnnData(X=sp.csr_matrix(adata.layers["counts"]), obs=adata.obs[[BATCH_COLUMN]].copy())
+        work = AnnData(X=sp.csr_matrix(adata.layers["counts"]), obs=adata.obs[[BATCH_KEY]].copy())
         try:
             table = sc.pp.highly_variable_genes(
-                work, n_top_genes=n_top, flavor="seurat_v3", batch_key=BATCH_COLUMN, inplace=False
+                work, n_top_genes=n_top, flavor="seurat_v3", batch_key=BATCH_KEY, inplace=False
             )
             return adata.var_names[np.asarray(table["highly_variable"], dtype=bool)]
         except Exception as exc:  # noqa: BLE001 - e.g. scikit-misc missing: fall back to variance
@@ -494,9 +495,9 @@ def integration_scores(
         idx = np.sort(rng.choice(adata.n_obs, int(max_cells), replace=False))
     genes = _scoring_genes(adata, n_top_genes)
     gene_idx = adata.var_names.get_indexer(genes)
-    cells = adata.obs.iloc[idx][[BATCH_COLUMN, LABEL_COLUMN]].copy()
-    batch = cells[BATCH_COLUMN].astype(str).to_numpy()
-    labels = cells[LABEL_COLUMN].astype(str).to_numpy()
+    cells = adata.obs.iloc[idx][[BATCH_KEY, LABEL_KEY]].copy()
+    batch = cells[BATCH_KEY].astype(str).to_numpy()
+    labels = cells[LABEL_KEY].astype(str).to_numpy()
     embeddings, rows, per_type = {}, {}, {}
     for when, values in (("before", adata.layers[UNCORRECTED_LAYER]), ("after", adata.X)):
         matrix = values[idx][:, gene_idx]
@@ -512,7 +513,7 @@ def integration_scores(
     types = per_type["before"][["n_cells", "n_batches"]].copy()
     types["asw_batch_before"] = per_type["before"]["asw_batch"]
     types["asw_batch_after"] = per_type["after"]["asw_batch"]
-    types = types.rename_axis(LABEL_COLUMN).reset_index()
+    types = types.rename_axis(LABEL_KEY).reset_index()
     for row in table.itertuples():
         log.info("integration: %s %.3f before, %.3f after correction", row.metric, row.before, row.after)
     return IntegrationScores(table=table, per_type=types, cells=cells, embeddings=embeddings)
@@ -537,8 +538,8 @@ def integration_figure(scores: IntegrationScores, *, method: str, n_neighbors: i
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    batch = scores.cells[BATCH_COLUMN].astype(str).to_numpy()
-    labels = scores.cells[LABEL_COLUMN].astype(str).to_numpy()
+    batch = scores.cells[BATCH_KEY].astype(str).to_numpy()
+    labels = scores.cells[LABEL_KEY].astype(str).to_numpy()
     values = scores.table.set_index("metric")
     fig, axes = plt.subplots(2, 2, figsize=(12, 10), squeeze=False)
     for r, when in enumerate(("before", "after")):
@@ -610,8 +611,8 @@ def integration_section_html(
 
 def cells_per_type(adata: AnnData) -> pd.DataFrame:
     """Cells per harmonised type (rows) and batch (columns), with a total."""
-    table = pd.crosstab(adata.obs[LABEL_COLUMN].astype(str), adata.obs[BATCH_COLUMN].astype(str))
+    table = pd.crosstab(adata.obs[LABEL_KEY].astype(str), adata.obs[BATCH_KEY].astype(str))
     table["total"] = table.sum(axis=1)
     table = table.sort_values("total", ascending=False)
     table.columns.name = None
-    return table.rename_axis(LABEL_COLUMN).reset_index()
+    return table.rename_axis(LABEL_KEY).reset_index()

@@ -11,7 +11,8 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
-from cellsynth.data.validation import LABEL_COLUMN, InputDataError
+from cellsynth.data.validation import InputDataError
+from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ def quality_control(
     filtered.obs["n_genes"] = n_genes[keep_cells]
     filtered.obs["total_counts"] = total[keep_cells]
     filtered.obs["pct_counts_mt"] = pct_mito[keep_cells]
-    if LABEL_COLUMN in filtered.obs and isinstance(filtered.obs[LABEL_COLUMN].dtype, pd.CategoricalDtype):
-        filtered.obs[LABEL_COLUMN] = filtered.obs[LABEL_COLUMN].cat.remove_unused_categories()
+    if LABEL_KEY in filtered.obs and isinstance(filtered.obs[LABEL_KEY].dtype, pd.CategoricalDtype):
+        filtered.obs[LABEL_KEY] = filtered.obs[LABEL_KEY].cat.remove_unused_categories()
     summary = pd.DataFrame(steps, columns=["step", "n_cells", "n_genes"])
     log.info("%s: QC kept %d of %d cells and %d of %d genes", source, filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
     return filtered, summary

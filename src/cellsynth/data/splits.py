@@ -10,7 +10,8 @@ import scanpy as sc
 from anndata import AnnData
 from sklearn.model_selection import StratifiedKFold
 
-from cellsynth.data.validation import LABEL_COLUMN, InputDataError
+from cellsynth.data.validation import InputDataError
+from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def assign_folds(adata: AnnData, *, n_folds: int = 5, seed: int = 0) -> pd.DataF
     """
     if n_folds < 2:
         raise InputDataError(f"n_folds must be at least 2, got {n_folds}")
-    labels = adata.obs[LABEL_COLUMN].astype(str).to_numpy()
+    labels = adata.obs[LABEL_KEY].astype(str).to_numpy()
     smallest = pd.Series(labels).value_counts().min()
     if smallest < n_folds:
         raise InputDataError(

@@ -15,10 +15,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-log = logging.getLogger(__name__)
+from cellsynth.schema import BATCH_KEY, LABEL_KEY
 
-LABEL_COLUMN = "cell_type"
-BATCH_COLUMN = "batch"
+log = logging.getLogger(__name__)
 
 
 class InputDataError(ValueError):
@@ -115,9 +114,9 @@ def validate_counts(
     obs = pd.DataFrame(index=adata.obs_names.astype(str))
     labels = adata.obs[label_key]
     labelled = labels.notna().to_numpy() & (labels.astype(str).str.strip() != "").to_numpy()
-    obs[LABEL_COLUMN] = labels.astype(str).to_numpy()
+    obs[LABEL_KEY] = labels.astype(str).to_numpy()
     if batch_key is not None:
-        obs[BATCH_COLUMN] = adata.obs[batch_key].astype(str).to_numpy()
+        obs[BATCH_KEY] = adata.obs[batch_key].astype(str).to_numpy()
     var = pd.DataFrame(index=adata.var_names.astype(str))
     clean = AnnData(X=matrix, obs=obs, var=var)
 
@@ -126,7 +125,7 @@ def validate_counts(
         raise InputDataError(f"{source}: no cell has a label in obs[{label_key!r}].")
     # Unlabelled cells stay through QC (as in the Seurat tutorial, gene filters see every cell)
     # and are dropped with a count by drop_unusable_cells().
-    clean.obs.loc[~labelled, LABEL_COLUMN] = np.nan
+    clean.obs.loc[~labelled, LABEL_KEY] = np.nan
 
     report.duplicate_cell_names = int(clean.obs_names.duplicated().sum())
     if report.duplicate_cell_names:
@@ -137,8 +136,8 @@ def validate_counts(
         log.warning("%s: %d duplicate gene names made unique", source, report.duplicate_gene_names)
         clean.var_names_make_unique()
 
-    clean.obs[LABEL_COLUMN] = pd.Categorical(clean.obs[LABEL_COLUMN])
-    n_types = clean.obs[LABEL_COLUMN].nunique(dropna=True)
+    clean.obs[LABEL_KEY] = pd.Categorical(clean.obs[LABEL_KEY])
+    n_types = clean.obs[LABEL_KEY].nunique(dropna=True)
     if n_types < 2:
         raise InputDataError(
             f"{source}: obs[{label_key!r}] has {n_types} cell type(s); cellsynth needs at least 2 "
@@ -157,7 +156,7 @@ def drop_unusable_cells(
     :class:`InputDataError` when fewer than two types remain. Returns the kept cells, the dropped
     types with their sizes, and the number of unlabelled cells dropped.
     """
-    labels = adata.obs[LABEL_COLUMN]
+    labels = adata.obs[LABEL_KEY]
     unlabelled = int(labels.isna().sum())
     if unlabelled:
         log.warning("%s: dropped %d cells without a cell-type label", source, unlabelled)
@@ -169,8 +168,8 @@ def drop_unusable_cells(
     keep = labels.notna().to_numpy() & ~labels.isin(list(rare)).to_numpy()
     if not keep.all():
         adata = adata[keep].copy()
-    adata.obs[LABEL_COLUMN] = adata.obs[LABEL_COLUMN].cat.remove_unused_categories()
-    remaining = adata.obs[LABEL_COLUMN].nunique()
+    adata.obs[LABEL_KEY] = adata.obs[LABEL_KEY].cat.remove_unused_categories()
+    remaining = adata.obs[LABEL_KEY].nunique()
     if remaining < 2:
         raise InputDataError(
             f"{source}: only {remaining} cell type(s) have at least {threshold} cells after QC "

@@ -9,6 +9,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from cellsynth.schema import LABEL_KEY
+
 __all__ = ["NegativeExpressionError", "combine_cells", "dense_expression", "require_log_normalised"]
 
 
@@ -23,7 +25,7 @@ def _values(X) -> np.ndarray:
     return np.asarray(X)
 
 
-def require_log_normalised(adata: AnnData, name: str, label_key: str = "cell_type") -> None:
+def require_log_normalised(adata: AnnData, name: str, label_key: str = LABEL_KEY) -> None:
     """Refuse expression that marker tests and CellPhoneDB statistics cannot be run on.
 
     Both analyses assume log-normalised, non-negative expression (``log1p`` of library-size
@@ -73,7 +75,7 @@ def dense_expression(adata: AnnData) -> np.ndarray:
     return X.astype(np.float32, copy=False)
 
 
-def combine_cells(parts: Sequence[tuple[str, AnnData]], label_key: str = "cell_type") -> AnnData:
+def combine_cells(parts: Sequence[tuple[str, AnnData]], label_key: str = LABEL_KEY) -> AnnData:
     """New AnnData stacking ``parts`` (same genes, same order) with ``obs`` = cell type and origin.
 
     Only ``X`` (as CSR float32) and the labels are kept; the inputs are not modified.

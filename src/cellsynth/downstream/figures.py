@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from cellsynth.downstream.interactions import KEYS, significant_counts
 from cellsynth.reporting.figures import grid_shape, new_figure
+from cellsynth.schema import LABEL_KEY
 
 __all__ = ["plot_interaction_dotplot", "plot_interaction_heatmaps", "plot_marker_violins"]
 
@@ -49,7 +50,7 @@ def plot_marker_violins(
     real: AnnData,
     synthetic: AnnData | None = None,
     *,
-    label_key: str = "cell_type",
+    label_key: str = LABEL_KEY,
     title: str = "",
     real_name: str = "real",
     synthetic_name: str = "synthetic",

@@ -52,6 +52,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from cellsynth.downstream.checks import require_log_normalised
+from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _complex_fraction(complexes: pd.Series, types: pd.Series, fractions: pd.Data
 def infer_interactions(
     adata: AnnData,
     *,
-    label_key: str = "cell_type",
+    label_key: str = LABEL_KEY,
     resource_name: str = "consensus",
     expr_prop: float = 0.1,
     min_cells: int = 5,

@@ -36,6 +36,7 @@ import pandas as pd
 from anndata import AnnData
 
 from cellsynth.downstream.checks import dense_expression, require_log_normalised
+from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ RANKING_COLUMNS = ["cell_type", "gene", "rank", "score", "logfc", "pval", "pval_
 def rank_markers(
     adata: AnnData,
     *,
-    label_key: str = "cell_type",
+    label_key: str = LABEL_KEY,
     method: str = "wilcoxon",
     min_cells: int = 3,
     name: str = "cells",

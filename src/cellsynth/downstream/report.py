@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from cellsynth.reporting.html import Figure, Table, section
+from cellsynth.schema import REAL_TRAIN_VS_TEST
 
 __all__ = ["HOW_TO_READ", "REAL_PLUS_SYNTHETIC", "REAL_TRAINING", "REAL_TRAIN_VS_TEST", "SECTION_ID", "SECTION_TITLE",
            "SYNTHETIC_ONLY", "downstream_section", "interaction_summary", "preservation_summary"]
@@ -15,8 +16,6 @@ __all__ = ["HOW_TO_READ", "REAL_PLUS_SYNTHETIC", "REAL_TRAINING", "REAL_TRAIN_VS
 SECTION_ID = "downstream"
 SECTION_TITLE = "Downstream biology: marker genes and cell–cell interactions"
 
-REAL_TRAIN_VS_TEST = "real train vs test"
-"""Name of the real-data row (real training cells against the test cells), as in the evaluation tables."""
 SYNTHETIC_ONLY = "synthetic only"
 REAL_PLUS_SYNTHETIC = "real + synthetic"
 REAL_TRAINING = "real training cells"

@@ -47,6 +47,8 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from cellsynth.schema import LABEL_KEY
+
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after every epoch with the epoch index and its metrics (e.g. ``{"train_loss": ...}``)."""
 
@@ -233,7 +235,7 @@ class Generator(ABC):
         if "name" in cls.__dict__:
             Generator.registry[cls.name] = cls
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters: Any):
         valid = {f.name for f in dataclasses.fields(self.Params)}
         unknown = sorted(set(hyperparameters) - valid)
         if unknown:

@@ -35,6 +35,7 @@ from cellsynth.generators.base import (
     row_blocks,
 )
 from cellsynth.generators.params import Check
+from cellsynth.schema import LABEL_KEY
 
 _STATE_FILE = "baseline_state.npz"
 #: Cells per block when resampling genes independently (bounds the index matrix's memory).
@@ -57,7 +58,7 @@ class _TrainingCellsBaseline(Generator):
 
     Params = NoParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters):
         super().__init__(label_key=label_key, **hyperparameters)
         self._X: np.ndarray | None = None
         self._labels: np.ndarray | None = None
@@ -171,7 +172,7 @@ class ClassGaussianPCAGenerator(Generator):
     name = "class_gaussian_pca"
     Params = ClassGaussianPCAParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters):
         super().__init__(label_key=label_key, **hyperparameters)
         self._state: dict[str, np.ndarray] | None = None
 

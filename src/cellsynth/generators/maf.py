@@ -24,6 +24,7 @@ from cellsynth.generators.base import (
 )
 from cellsynth.generators.params import Check
 from cellsynth.generators.training import LoopSettings, fit_likelihood, one_hot, resolve_device
+from cellsynth.schema import LABEL_KEY
 
 #: Cells per network batch when sampling. Fixed (not a hyperparameter) because the global-RNG draws
 #: of both libraries, and so the sampled cells, depend on how a request is split into batches.
@@ -176,7 +177,7 @@ class MAFGenerator(Generator):
     name = "maf"
     Params = MAFParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters):
         super().__init__(label_key=label_key, **hyperparameters)
         self.conditional = bool(self.params.conditional)
         self._flow: torch.nn.Module | None = None

@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory, derive_seed
 from cellsynth.generators.params import Check
+from cellsynth.schema import LABEL_KEY
 
 LOGGER = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class PerTypeGenerator(Generator):
     def __init__(
         self,
         generator: str | type[Generator] | None = None,
-        label_key: str = "cell_type",
+        label_key: str = LABEL_KEY,
         **hyperparameters: Any,
     ):
         own = {f.name for f in dataclasses.fields(PerTypeParams)}

@@ -72,6 +72,7 @@ import torch
 
 from cellsynth.generators.base import EpochCallback, Generator, GeneratorError, TrainingHistory, rng_scope
 from cellsynth.generators.params import Check
+from cellsynth.schema import LABEL_KEY
 
 LOGGER = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class SDVGenerator(Generator):
     #: Appended to the log line that starts a fit (what takes the time before any progress bar).
     _fit_note: ClassVar[str] = ""
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters: Any):
         super().__init__(label_key=label_key, **hyperparameters)
         self.conditional = bool(self.params.conditional)
         self._synth = None

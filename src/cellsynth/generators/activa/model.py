@@ -127,6 +127,7 @@ from cellsynth.generators.training import (
     update,
     validation_split,
 )
+from cellsynth.schema import LABEL_KEY
 
 _STATE_FILE = "activa_state.pt"
 
@@ -226,7 +227,7 @@ class ActivaGenerator(Generator):
     name = "activa"
     Params = ActivaParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters):
         super().__init__(label_key=label_key, **hyperparameters)
         self._nets: ActivaNetworks | None = None
 

@@ -30,6 +30,7 @@ from cellsynth.generators.training import (
     seeded_generator,
     validation_split,
 )
+from cellsynth.schema import LABEL_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +199,7 @@ class MOEGenerator(Generator):
     name: ClassVar[str] = "moe"
     Params: ClassVar[type] = MOEParams
 
-    def __init__(self, label_key: str = "cell_type", **hyperparameters: Any):
+    def __init__(self, label_key: str = LABEL_KEY, **hyperparameters: Any):
         super().__init__(label_key=label_key, **hyperparameters)
         self.conditional = bool(self.params.conditional)
         self._flow: MOEFlow | None = None
