@@ -35,7 +35,7 @@ def test_pipeline_builds_for_a_run_matrix():
     assert by_name["collect_metrics"].namespace is None
     synth = by_name["maf.fold_0.evaluate_synthetic"]
     assert set(synth.inputs) == {"fold_0.train", "fold_0.test", "maf.fold_0.synthetic", "maf.fold_0.upsample",
-                                 "fold_0.reference_space", "fold_0.honest_split", "fold_0.real_metrics",
+                                 "fold_0.reference_space", "fold_0.honest_split",
                                  "params:evaluation", "params:dataset"}
     assert set(synth.outputs) == {"maf.fold_0.distribution_metrics", "maf.fold_0.honest_sample"}
     assert {"maf.fold_0.synthetic", "train_copy.fold_0.synthetic"} <= set(by_name["plot_reference_pca_fold_0"].inputs)

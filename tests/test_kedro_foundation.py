@@ -67,11 +67,13 @@ def test_bad_input_through_the_own_data_path_stops_with_its_message(project, pbm
 
 
 def test_catalog_layers_form_no_cycle_so_kedro_viz_can_draw_layer_bands():
-    """kedro-viz orders its layer bands topologically; one node reading a later layer than it writes breaks it."""
+    """kedro-viz orders its layer bands by which layer leads to which, also through a collapsed namespace
+    (all it reads counts as leading to all it writes); a cycle makes it drop the bands."""
     import graphlib
 
     import yaml
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
+    from kedro.pipeline import Pipeline
 
     from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, report, splitting
     from cellsynth.run_matrix import RunMatrix
@@ -81,20 +83,27 @@ def test_catalog_layers_form_no_cycle_so_kedro_viz_can_draw_layer_bands():
         config.update(yaml.safe_load(path.read_text()))
     resolver = CatalogConfigResolver(config)
 
-    def layer(name: str) -> str | None:
-        entry = config.get(name) or config.get(resolver.match_dataset_pattern(name) or "", {})
-        return ((entry.get("metadata") or {}).get("kedro-viz") or {}).get("layer")
+    def layers(names) -> set[str]:
+        found = set()
+        for name in names:
+            entry = config.get(name) or config.get(resolver.match_dataset_pattern(name) or "", {})
+            found.add(((entry.get("metadata") or {}).get("kedro-viz") or {}).get("layer"))
+        return found - {None}
 
     matrix = RunMatrix(folds=(0, 1), generators=("maf", "train_copy"))
-    pipelines = [preprocessing.create_pipeline(datasets=[]), preprocessing.create_pipeline(datasets=[{}]),
-                 splitting.create_pipeline(matrix), generation.create_pipeline(matrix),
-                 evaluation.create_pipeline(matrix), downstream.create_pipeline(matrix, folds=(0,)),
-                 report.create_pipeline()]
+    analyses = (splitting.create_pipeline(matrix) + generation.create_pipeline(matrix)
+                + evaluation.create_pipeline(matrix) + downstream.create_pipeline(matrix, folds=(0,))
+                + report.create_pipeline())
+    groups = [[node] for node in analyses.nodes]  # every node, then every namespace as one collapsed node
+    namespaces = {n.namespace.rsplit(".", depth)[0] for n in analyses.nodes if n.namespace
+                  for depth in range(n.namespace.count(".") + 1)}
+    groups += [[n for n in analyses.nodes if (n.namespace or "").startswith(ns)] for ns in sorted(namespaces)]
+    groups += [[node] for datasets in ([], [{}]) for node in preprocessing.create_pipeline(datasets=datasets).nodes]
     graph: dict[str, set[str]] = {}
-    for node in (node for pipe in pipelines for node in pipe.nodes):
-        for source in filter(None, map(layer, node.inputs)):
-            for target in filter(None, map(layer, node.outputs)):
-                if source != target:
-                    graph.setdefault(target, set()).add(source)
+    for nodes in groups:
+        inside = Pipeline(nodes)
+        produced = inside.all_outputs()
+        for target in layers(produced):
+            graph.setdefault(target, set()).update(layers(inside.all_inputs() - produced) - {target})
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert order.index("model_input") < order.index("models") < order.index("model_output") < order.index("reporting")

@@ -361,7 +361,7 @@ def generator_metrics(
     upsample: AnnData | None,
     space: ReferenceSpace,
     split: pd.DataFrame,
-    floor: pd.DataFrame,
+    floor: pd.DataFrame | None,
     settings: EvaluationSettings,
     *,
     dataset: str,
@@ -384,8 +384,9 @@ def generator_metrics(
         The fold's reference space (:func:`fit_reference_space`).
     split : pandas.DataFrame
         The fold's honest split (:func:`honest_split_frame`).
-    floor : pandas.DataFrame
-        The fold's real rows (:func:`real_metrics`), for the ratios to the floor.
+    floor : pandas.DataFrame or None
+        The fold's real rows (:func:`real_metrics`), for the ratios to the floor; ``None``: no ratio
+        rows (add them later with :func:`add_floor_ratios`, as the pipeline does when it collects).
     settings : EvaluationSettings
 
     Returns
@@ -428,7 +429,8 @@ def generator_metrics(
     frame = pd.concat(
         [long_frame(rows), run_info_rows(synthetic.uns.get("cellsynth"), **key)], ignore_index=True
     )
-    frame = add_floor_ratios(frame, floor)
+    if floor is not None:
+        frame = add_floor_ratios(frame, floor)
     sample = pd.DataFrame(
         {
             "cell": np.asarray(synthetic.obs_names, dtype=str)[kept[chosen]],

@@ -53,12 +53,12 @@ def _pca_figure_node(k: int, generators: tuple[str, ...]):
 
 
 def _generator_pipeline(name: str, k: int) -> Pipeline:
-    fold_level = {"train", "test", "reference_space", "honest_split", "real_metrics"}
+    fold_level = {"train", "test", "reference_space", "honest_split"}
     return pipeline(
         [
             node(
                 bind(evaluate_synthetic, generator=name, fold=k),
-                ["train", "test", "synthetic", "upsample", "reference_space", "honest_split", "real_metrics",
+                ["train", "test", "synthetic", "upsample", "reference_space", "honest_split",
                  "params:evaluation", "params:dataset"],
                 ["distribution_metrics", "honest_sample"],
                 name="evaluate_synthetic",
@@ -82,7 +82,8 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
     * ``fold_<k>``: ``fit_reference_space`` (``fold_<k>.reference_space``), ``split_test_halves``
       (``fold_<k>.honest_split``), ``evaluate_real_data`` (``fold_<k>.real_metrics``: paper "train vs
       test" and the honest floor) and ``classify_real_only``;
-    * ``<generator>.fold_<k>``: ``evaluate_synthetic`` (paper, paper_upsample, honest) and
+    * ``<generator>.fold_<k>``: ``evaluate_synthetic`` (paper, paper_upsample, honest; the ratios to
+      the floor are added by ``collect_metrics``) and
       ``classify_with_synthetic`` (random forest on real + up-sampling cells);
     * reporting: ``collect_metrics`` (``data/08_reporting/metrics.parquet``), ``summarise_metrics``,
       ``make_tables``, the figures (``plot_reference_pca_fold_<k>`` draws ``fold_<k>.pca_figure``) and
