@@ -28,3 +28,24 @@ def run_session(root: Path, pipeline: str, runtime_params: dict[str, Any], env: 
     bootstrap_project(root)
     with KedroSession.create(project_path=root, env=env, runtime_params=runtime_params) as session:
         return session.run(pipeline_names=[pipeline], **kwargs)
+
+
+def kedro_command(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """``kedro <args>`` as a subprocess in the project copy ``root`` (this worktree's sources, its own
+    MLflow store): the command and its environment."""
+    import os
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    env["KEDRO_DISABLE_TELEMETRY"] = "1"
+    return [sys.executable, "-m", "kedro", *args], env
+
+
+def run_kedro(root: Path, *args: str, timeout: float = 300):
+    """Run ``kedro <args>`` in ``root`` to its end; the completed process (stdout and stderr as text)."""
+    import subprocess
+
+    command, env = kedro_command(root, *args)
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)

@@ -97,7 +97,7 @@ def _two_batches(seed: int = 0) -> AnnData:
 
 
 def test_an_environment_overriding_integration_without_method_behaves_like_the_documented_default(tmp_path):
-    """Kedro replaces a whole top-level block from an environment: the missing ``method`` is the default."""
+    """An environment's block is merged key by key into base's (settings.py): the missing ``method`` is the default."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -113,8 +113,8 @@ def test_an_environment_overriding_integration_without_method_behaves_like_the_d
     bootstrap_project(root)
     with KedroSession.create(project_path=root, env="strict") as session:
         params = session.load_context().params
-    assert "method" not in params["integration"]  # the environment really dropped it
     documented = base_parameters()["integration"]["method"]
+    assert params["integration"]["method"] == documented and params["integration"]["protect_cell_type"]
 
     cells = _two_batches()
     corrected = correct_batches(cells, params["integration"])

@@ -37,6 +37,7 @@ __all__ = [
     "SplittingSettings",
     "TrackingSettings",
     "UtilitySettings",
+    "split_list",
 ]
 
 S = TypeVar("S", bound="Settings")
@@ -77,10 +78,11 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     if isinstance(kind, type) and issubclass(kind, Settings):
         return kind.from_params(value, where=where)
     if origin is tuple:
+        value = split_list(value)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = get_args(kind)[0]
-        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(_as_item(v, item), item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict or kind is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -88,6 +90,27 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     if not _is_instance(value, kind):
         raise ConfigError(f"{where}: expected {_describe(kind)}, got {value!r}")
     return float(value) if kind is float else value
+
+
+LIST_SEPARATOR = "+"
+
+
+def split_list(value: Any) -> Any:
+    """A list written on the command line as one string, ``smote+class_gaussian_pca`` (or with spaces),
+    as a list; any other value unchanged.
+
+    ``kedro run --params`` splits its argument at every comma, so ``[a,b]`` cannot be passed there.
+    """
+    if isinstance(value, str):
+        return [part for part in value.replace(LIST_SEPARATOR, " ").split() if part]
+    return value
+
+
+def _as_item(value: Any, kind: Any) -> Any:
+    """A number typed on the command line (``folds=0+1``) is a string until here."""
+    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _describe(kind: Any) -> str:

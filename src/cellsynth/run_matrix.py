@@ -18,7 +18,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from cellsynth.config import GenerationSettings, SplittingSettings
+from cellsynth.config import ConfigError, GenerationSettings, SplittingSettings, split_list
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,16 @@ class RunMatrix:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> RunMatrix:
         n_folds = SplittingSettings.from_params(params.get("splitting")).n_folds
-        folds = tuple(int(k) for k in params.get("folds_to_run", [0]))
+        folds_to_run = split_list(params.get("folds_to_run", [0]))
+        if isinstance(folds_to_run, int):
+            folds_to_run = [folds_to_run]
+        try:
+            folds = tuple(int(k) for k in folds_to_run)
+        except (TypeError, ValueError):
+            raise ConfigError(f"folds_to_run={folds_to_run!r} must be a list of fold numbers, e.g. 0+1+2") from None
         bad = [k for k in folds if not 0 <= k < n_folds]
         if bad or not folds:
-            raise ValueError(f"folds_to_run={list(folds)} must be a non-empty list of folds in 0..{n_folds - 1}")
+            raise ConfigError(f"folds_to_run={list(folds)} must be a non-empty list of folds in 0..{n_folds - 1}")
         return cls(folds=folds, generators=GenerationSettings.from_params(params.get("generation")).generators)
 
 
@@ -63,7 +69,7 @@ def _from_globals(value: Any, globals_: dict[str, Any]) -> Any:
 
 
 def _read_parameters(env: str) -> dict[str, Any]:
-    """The plain-YAML parameters of ``conf/base`` overlaid with ``conf/<env>`` (top-level keys), with
+    """The plain-YAML parameters of ``conf/base`` overlaid with ``conf/<env>`` (key by key), with
     references to ``globals.yml`` resolved.
 
     Deliberately not an ``OmegaConfigLoader``: creating one re-registers OmegaConf's global
@@ -75,11 +81,20 @@ def _read_parameters(env: str) -> dict[str, Any]:
     globals_: dict[str, Any] = {}
     for folder in ("base", env):
         for path in sorted((PROJECT_ROOT / "conf" / folder).glob("parameters*.yml")):
-            merged.update(yaml.safe_load(path.read_text()) or {})
+            _soft_merge(merged, yaml.safe_load(path.read_text()) or {})
         path = PROJECT_ROOT / "conf" / folder / "globals.yml"
         if path.is_file():
-            globals_.update(yaml.safe_load(path.read_text()) or {})
+            _soft_merge(globals_, yaml.safe_load(path.read_text()) or {})
     return _from_globals(merged, globals_)
+
+
+def _soft_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge ``update`` into ``into`` key by key at every level, as the project's config loader does."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _soft_merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def active_parameters() -> dict[str, Any]:

@@ -21,8 +21,9 @@ from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
 from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
+from cellsynth.validation_hook import ParameterValidationHook  # noqa: E402
 
-HOOKS = (RunMatrixHook(), MlflowTrackingHook())
+HOOKS = (RunMatrixHook(), ParameterValidationHook(), MlflowTrackingHook())
 
 # kedro-telemetry (pulled in by kedro-viz) must stay silent.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
@@ -31,6 +32,10 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # Kedro merges `--params` into every environment's parameters and then, by default, lets an
+    # environment's block replace the base one whole: `--env paper --params splitting.seed=1` would
+    # drop `splitting.n_folds`. A soft merge keeps the sibling keys of every block.
+    "merge_strategy": {"parameters": "soft", "globals": "soft"},
     "config_patterns": {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
     },

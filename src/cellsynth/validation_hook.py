@@ -1,0 +1,103 @@
+"""Every parameter of a run checked before its first node, so a typo stops the run in seconds.
+
+Each node parses its own block (``GenerationSettings.from_params``) when it runs, which for a wrong
+generator name or hyperparameter is after preprocessing, splitting and the other generators.
+:func:`validate_parameters` parses every block up front, checks each generator name against the
+registry and builds each generator with its preset's hyperparameters (which runs the generator's
+own ``Params`` checks); :class:`ParameterValidationHook` calls it before the pipeline runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from cellsynth import short_errors
+from cellsynth.config import (
+    ConfigError,
+    DatasetSettings,
+    DownstreamSettings,
+    EvaluationSettings,
+    GenerationSettings,
+    IntegrationSettings,
+    PreprocessingSettings,
+    Settings,
+    SplittingSettings,
+    TrackingSettings,
+)
+
+BLOCKS: dict[str, type[Settings]] = {
+    "dataset": DatasetSettings,
+    "tracking": TrackingSettings,
+    "preprocessing": PreprocessingSettings,
+    "integration": IntegrationSettings,
+    "splitting": SplittingSettings,
+    "generation": GenerationSettings,
+    "evaluation": EvaluationSettings,
+    "downstream": DownstreamSettings,
+}
+
+
+def _check_generators(generation: GenerationSettings, presets: Any) -> None:
+    """Known names; each generator built with its preset's hyperparameters (its ``Params`` checks)."""
+    from cellsynth.generators import GENERATORS
+    from cellsynth.pipelines.generation.nodes import build_generator, resolve_hyperparameters
+
+    unknown = [g for g in generation.generators if g not in GENERATORS]
+    if unknown:
+        raise ConfigError(f"generation.generators: unknown generator(s) {unknown}; known: {sorted(GENERATORS)}")
+    if len(set(generation.generators)) != len(generation.generators):
+        raise ConfigError(f"generation.generators: {list(generation.generators)} names a generator twice")
+    if presets is not None and not isinstance(presets, dict):
+        raise ConfigError(f"generator_presets: expected a mapping of generator → preset → hyperparameters, got {presets!r}")
+    for name in generation.generators:
+        choices = (presets or {}).get(name) or {}
+        where = f"generator_presets.{name}.{generation.preset if generation.preset in choices else 'default'}"
+        try:
+            build_generator(name, resolve_hyperparameters(presets or {}, name, generation.preset), generation.strategy)
+        except (TypeError, ValueError) as exc:  # TypeError: an unknown hyperparameter
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def validate_parameters(params: dict[str, Any]) -> None:
+    """Raise :class:`~cellsynth.config.ConfigError` naming the first wrong parameter of ``params``.
+
+    Checks every settings block, ``folds_to_run`` against ``splitting.n_folds``, the ``datasets``
+    list, the generator names and each generator's hyperparameters.
+    """
+    from cellsynth.data import integration
+    from cellsynth.run_matrix import RunMatrix
+
+    parsed = {block: cls.from_params(params.get(block)) for block, cls in BLOCKS.items()}
+    matrix = RunMatrix.from_params(params)
+    _check_generators(parsed["generation"], params.get("generator_presets"))
+    datasets = params.get("datasets") or []
+    if datasets:
+        try:
+            specs = integration.parse_dataset_specs(datasets)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        for spec in specs:
+            qc = {**parsed["preprocessing"].qc.to_dict(), **spec.qc}
+            type(parsed["preprocessing"].qc).from_params(qc, where=f"datasets[{spec.name}].qc")
+    from cellsynth.pipelines.downstream.pipeline import downstream_folds
+
+    try:
+        downstream_folds(matrix, parsed["downstream"].folds)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class ParameterValidationHook:
+    """Validates the run's parameters before its first node (see :func:`validate_parameters`), and
+    has cellsynth's input and parameter errors printed as their message (:mod:`cellsynth.short_errors`)."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        short_errors.install(Path(context.project_path) / "logs")
+
+    @hook_impl(tryfirst=True)  # before the tracking hook opens an MLflow run for a run that cannot start
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        validate_parameters(catalog.load("parameters"))
