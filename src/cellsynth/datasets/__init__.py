@@ -1,8 +1,27 @@
-"""Kedro datasets of cellsynth."""
+"""Kedro datasets of cellsynth; every file dataset saves atomically (:mod:`cellsynth.datasets.atomic`)."""
 
 from cellsynth.datasets.anndata_collection import AnnDataCollectionDataset
 from cellsynth.datasets.anndata_dataset import AnnDataDataset
+from cellsynth.datasets.atomic import (
+    CSVDataset,
+    ImageDataset,
+    JSONDataset,
+    ParquetDataset,
+    PickleDataset,
+    TextDataset,
+)
 from cellsynth.datasets.generator_dataset import GeneratorDataset
 from cellsynth.datasets.section_dataset import ReportSectionDataset
 
-__all__ = ["AnnDataCollectionDataset", "AnnDataDataset", "GeneratorDataset", "ReportSectionDataset"]
+__all__ = [
+    "AnnDataCollectionDataset",
+    "AnnDataDataset",
+    "CSVDataset",
+    "GeneratorDataset",
+    "ImageDataset",
+    "JSONDataset",
+    "ParquetDataset",
+    "PickleDataset",
+    "ReportSectionDataset",
+    "TextDataset",
+]

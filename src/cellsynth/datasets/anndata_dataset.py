@@ -7,16 +7,13 @@ place with ``os.replace``, so an interrupted save never leaves a truncated ``.h5
 from __future__ import annotations
 
 import glob
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anndata as ad
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from cellsynth.datasets.atomic import atomic_file
 
 
 class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
@@ -83,21 +80,12 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
     def save(self, data: ad.AnnData) -> None:
         if not isinstance(data, ad.AnnData):
             raise DatasetError(f"AnnDataDataset can only save AnnData objects, got {type(data).__name__}")
-        path = Path(self._get_save_path())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            data.write_h5ad(tmp_name, **self._save_args)
-            os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
+        with atomic_file(Path(self._get_save_path())) as partial:
+            data.write_h5ad(partial, **self._save_args)
 
     def _exists(self) -> bool:
         try:
             path = self._get_load_path()
         except DatasetError:
             return False
-        return Path(path).is_file()
+        return Path(path).is_file() and Path(path).stat().st_size > 0

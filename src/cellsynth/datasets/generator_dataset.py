@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError
 
+from cellsynth.datasets.atomic import FOLDER_MODE, partial_path, remove_stale_partials
 from cellsynth.generators.base import Generator
 
 
@@ -33,17 +33,18 @@ class GeneratorDataset(AbstractDataset[Generator, Generator]):
 
     def save(self, data: Generator) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.", dir=self._path.parent))
+        remove_stale_partials(self._path)
+        staging = partial_path(self._path)
+        staging.mkdir(mode=FOLDER_MODE)
+        previous = partial_path(self._path)
         try:
             data.save(staging)
-            previous = self._path.with_name(f".{self._path.name}.old")
             if self._path.exists():
-                shutil.rmtree(previous, ignore_errors=True)
                 self._path.rename(previous)
             staging.rename(self._path)
-            shutil.rmtree(previous, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(previous, ignore_errors=True)
 
     def _exists(self) -> bool:
         return (self._path / "generator.json").is_file()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kedro.io.core import AbstractDataset
+
+from cellsynth.datasets.atomic import atomic_file
 
 
 class ReportSectionDataset(AbstractDataset[str | None, str]):
@@ -29,16 +29,8 @@ class ReportSectionDataset(AbstractDataset[str | None, str]):
         return self._filepath.read_text(encoding="utf-8") if self._filepath.is_file() else None
 
     def save(self, data: str) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self._filepath.name}.", suffix=".tmp", dir=self._filepath.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data)
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, self._filepath)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
+        with atomic_file(self._filepath) as partial:
+            partial.write_text(data, encoding="utf-8")
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
