@@ -61,18 +61,20 @@ def _check_generators(generation: GenerationSettings, presets: Any) -> None:
             raise ConfigError(f"{where}: {exc}") from None
 
 
-def validate_parameters(params: dict[str, Any]) -> None:
+def validate_parameters(params: dict[str, Any], *, generators: bool = True) -> None:
     """Raise :class:`~cellsynth.config.ConfigError` naming the first wrong parameter of ``params``.
 
     Checks every settings block, ``folds_to_run`` against ``splitting.n_folds``, the ``datasets``
-    list, the generator names and each generator's hyperparameters.
+    list and, with ``generators`` (a run that trains them), the generator names and each generator's
+    hyperparameters. (Evaluation alone may read the cells of a generator cellsynth does not have.)
     """
     from cellsynth.data import integration
     from cellsynth.run_matrix import RunMatrix
 
     parsed = {block: cls.from_params(params.get(block)) for block, cls in BLOCKS.items()}
     matrix = RunMatrix.from_params(params)
-    _check_generators(parsed["generation"], params.get("generator_presets"))
+    if generators:
+        _check_generators(parsed["generation"], params.get("generator_presets"))
     datasets = params.get("datasets") or []
     if datasets:
         try:
@@ -100,4 +102,5 @@ class ParameterValidationHook:
 
     @hook_impl(tryfirst=True)  # before the tracking hook opens an MLflow run for a run that cannot start
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        validate_parameters(catalog.load("parameters"))
+        trains = any(node.name.endswith(".generate_cells") for node in pipeline.nodes)
+        validate_parameters(catalog.load("parameters"), generators=trains)

@@ -8,6 +8,12 @@
   saved files of those marked ``artifact``. Outputs of a generator namespace (``maf.fold_0.*``) go
   to that namespace's child run, the others to the parent run.
 
+Every run ends with a status: FINISHED; FAILED with the error message (tag ``cellsynth.end_reason``)
+on the parent and on the generator run whose node raised; KILLED on Ctrl-C or SIGTERM (the parent
+and the generator runs whose nodes were running, with the signal as the reason). A run left RUNNING
+by a process killed outright (``kill -9``) is closed by the next run of the experiment
+(:func:`~cellsynth.tracking.runs.close_orphaned_runs`).
+
 Tracking never fails a run: a store that cannot be reached is a warning. Under the
 :class:`~cellsynth.runners.DaskRunner` node hooks run on the worker, under the parent run the
 driver attached there.
@@ -15,8 +21,10 @@ driver attached there.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,11 @@ def _namespace_of(dataset_name: str) -> str | None:
     """``maf.fold_0`` for ``maf.fold_0.synthetic``; ``None`` for fold-level or global datasets."""
     namespace = dataset_name.rsplit(".", 1)[0] if "." in dataset_name else ""
     return namespace if GENERATOR_NAMESPACE.match(namespace) else None
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of ``error`` (what a FAILED run records as its reason)."""
+    return f"{type(error).__name__}: {error}"
 
 
 def _mlflow_spec(catalog, name: str) -> dict[str, Any]:
@@ -57,6 +70,10 @@ class MlflowTrackingHook:
         self._project_path: Path | None = None
         self._pending_artifacts: dict[str, tuple[Path, str]] = {}
         self._lock = threading.Lock()
+        self._running: set[str] = set()  # generator namespaces with a node running now
+        self._signal: str | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        atexit.register(self._close_interrupted_run)
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -79,13 +96,23 @@ class MlflowTrackingHook:
             experiment=f"{settings.experiment_prefix}-{dataset.name}",
             run_name=f"kedro run {','.join(pipeline_names)}",
             params=params,
-            tags={"kedro.session_id": str(run_params.get("session_id")),
+            tags={"kedro.session_id": str(run_params.get("run_id") or run_params.get("session_id")),
                   "kedro.env": str(run_params.get("env") or "local"),
                   "kedro.pipelines": ",".join(pipeline_names), "dataset": dataset.name},
         )
+        if runs.parent_run_open():
+            self._catch_signals()
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        if GENERATOR_NAMESPACE.match(node.namespace or ""):
+            with self._lock:
+                self._running.add(node.namespace)
 
     @hook_impl
     def after_node_run(self, node, catalog, outputs: dict[str, Any]) -> None:
+        with self._lock:
+            self._running.discard(node.namespace or "")
         if runs.active_run() is None:
             return
         for name, data in outputs.items():
@@ -108,18 +135,59 @@ class MlflowTrackingHook:
             self._safely(lambda: runs.log_artifact(self._run_for(dataset_name), path, folder))
 
     @hook_impl
-    def on_node_error(self, node) -> None:
+    def on_node_error(self, error: Exception, node) -> None:
         namespace = node.namespace or ""
+        with self._lock:
+            self._running.discard(namespace)
         if runs.active_run() is not None and GENERATOR_NAMESPACE.match(namespace):
-            self._safely(lambda: runs.set_status(self._namespace_run(namespace), "FAILED"))
+            reason = f"node {node.name} failed: {_describe(error)}"
+            self._safely(lambda: runs.set_status(self._namespace_run(namespace), "FAILED", reason))
 
     @hook_impl
     def after_pipeline_run(self) -> None:
+        self._restore_signals()
         self._safely(runs.end_parent_run, "FINISHED")
 
     @hook_impl
-    def on_pipeline_error(self) -> None:
-        self._safely(runs.end_parent_run, "FAILED")
+    def on_pipeline_error(self, error: Exception) -> None:
+        self._restore_signals()
+        self._safely(runs.end_parent_run, "FAILED", _describe(error))
+
+    # ------------------------------------------------------------------ interruptions
+    def _catch_signals(self) -> None:
+        """Ctrl-C and SIGTERM: note the signal, then stop the run (KeyboardInterrupt, exit 143);
+        :meth:`_close_interrupted_run` marks the runs at exit. Only the main thread may install handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(number, frame):
+            self._signal = signal.Signals(number).name
+            if number == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + number)
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[number] = signal.signal(number, on_signal)
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers.clear()
+
+    def _close_interrupted_run(self) -> None:
+        """At exit, a parent run still open was interrupted (a signal, or an exception Kedro does not
+        report): mark it and the generator runs that were running KILLED, with the reason."""
+        if not runs.parent_run_open():
+            return
+        reason = (f"interrupted by {self._signal}" + (" (Ctrl-C)" if self._signal == "SIGINT" else "")
+                  if self._signal else "the process exited before the run ended")
+        with self._lock:
+            running = sorted(self._running)
+        for namespace in running:
+            self._safely(lambda ns=namespace: runs.set_status(self._namespace_run(ns), "KILLED", reason))
+        self._safely(runs.end_parent_run, "KILLED", reason)
 
     # ------------------------------------------------------------------ helpers
     def _run_for(self, dataset_name: str) -> str:

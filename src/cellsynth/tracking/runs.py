@@ -26,8 +26,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 5000
 ROLE_TAG = "cellsynth.role"
 NAMESPACE_TAG = "cellsynth.namespace"
+PID_TAG = "cellsynth.pid"
+"""The process (and ``HOST_TAG`` its machine) that opened a run: a later run closes it if that process is gone."""
+HOST_TAG = "cellsynth.host"
+END_REASON_TAG = "cellsynth.end_reason"
+"""Why a run ended other than FINISHED: the error message, the signal, or the process found gone."""
 _UNSAFE_KEY = re.compile(r"[^\w\-. /:]")
 _UNSAFE_NAME = re.compile(r"[^\w\-. /]")
 
@@ -84,9 +90,15 @@ def resolve_tracking_uri(configured: str | None, project_path: Path | None) -> s
     return uri
 
 
+def _normal_path(name: str) -> str:
+    """``name`` as MLflow accepts a key: a normalised relative path (no empty, ``.`` or ``..`` part,
+    so a label such as ``a..b/`` or ``T//NK`` cannot make MLflow refuse the whole batch)."""
+    return "/".join("_" * max(len(part), 1) if not part.strip(".") else part for part in name.split("/"))
+
+
 def metric_key(*parts: Any) -> str:
     """``a/b/c`` from ``parts``, with the characters MLflow refuses in a key as ``_``."""
-    return _UNSAFE_KEY.sub("_", "/".join(str(p) for p in parts))
+    return _normal_path(_UNSAFE_KEY.sub("_", "/".join(str(p) for p in parts)))
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -100,7 +112,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         else:
-            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+            flat[_normal_path(name)] = str(value)[:MAX_PARAM_LENGTH]
     return flat
 
 
@@ -110,29 +122,91 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def experiment_id_of(client, experiment: str) -> str:
+    """The id of ``experiment``, created if needed; another process creating it at the same moment
+    (a ``UNIQUE constraint failed`` here) is read back rather than failing."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except Exception:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def close_orphaned_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``experiment_id`` opened on this machine by a process that is gone
+    (killed with ``kill -9``, or its machine lost power); their reason says so. Returns their ids."""
+    import socket
+
+    closed = []
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, END_REASON_TAG,
+                       f"process {pid} on {host} ended without closing the run (killed); closed by process {os.getpid()}")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        log.warning("Closed %d MLflow run(s) left RUNNING by a process that is gone: %s", len(closed), closed)
+    return closed
+
+
 def start_parent_run(
     *, tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
 ) -> ActiveRun:
-    """Create the run of one ``kedro run`` in ``experiment`` and make it this process's parent run."""
+    """Create the run of one ``kedro run`` in ``experiment`` and make it this process's parent run.
+
+    Runs of the experiment left RUNNING by a process that is gone are closed first
+    (:func:`close_orphaned_runs`); this run records its process (``cellsynth.pid``, ``cellsynth.host``).
+    """
+    import socket
+
     global _process_run
     client = _client(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, ROLE_TAG: "parent"})
+    experiment_id = experiment_id_of(client, experiment)
+    close_orphaned_runs(client, experiment_id)
+    run = client.create_run(experiment_id, run_name=run_name, tags={
+        **tags, ROLE_TAG: "parent", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
     _process_run = ActiveRun(tracking_uri, experiment_id, run.info.run_id)
     log_params(_process_run.run_id, params)
     log.info("MLflow run %s in experiment %r (%s)", run.info.run_id, experiment, tracking_uri)
     return _process_run
 
 
-def end_parent_run(status: str = "FINISHED") -> None:
-    """Close this process's parent run (if one is open) and forget it and its children."""
+def end_parent_run(status: str = "FINISHED", reason: str | None = None) -> None:
+    """Close this process's parent run (if one is open) and forget it and its children; ``reason``
+    (an error message, a signal) is recorded as the ``cellsynth.end_reason`` tag."""
     global _process_run
     run, _process_run = _process_run, None
     with _children_lock:
         _children.clear()
     if run is not None:
-        _client(run.tracking_uri).set_terminated(run.run_id, status=status)
+        client = _client(run.tracking_uri)
+        if reason:
+            client.set_tag(run.run_id, END_REASON_TAG, reason[:MAX_TAG_LENGTH])
+        client.set_terminated(run.run_id, status=status)
+
+
+def parent_run_open() -> bool:
+    """Whether this process has a parent run that has not been closed."""
+    return _process_run is not None
 
 
 def child_run_id(namespace: str, tags: Mapping[str, str]) -> str | None:
@@ -168,8 +242,12 @@ def child_run_id(namespace: str, tags: Mapping[str, str]) -> str | None:
         return run_id
 
 
-def set_status(run_id: str, status: str) -> None:
-    _client(active_run().tracking_uri).set_terminated(run_id, status=status)
+def set_status(run_id: str, status: str, reason: str | None = None) -> None:
+    """End ``run_id`` with ``status``; ``reason`` (the error message) as its ``cellsynth.end_reason`` tag."""
+    client = _client(active_run().tracking_uri)
+    if reason:
+        client.set_tag(run_id, END_REASON_TAG, reason[:MAX_TAG_LENGTH])
+    client.set_terminated(run_id, status=status)
 
 
 def parent_run_id() -> str | None:
