@@ -4,6 +4,7 @@ node leaves FAILED runs with the error message. Driven as a user would, in a sub
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -121,3 +122,29 @@ def test_metrics_and_parameters_of_any_label_reach_mlflow(tmp_path, label):
     logged = client.get_run(run.run_id).data
     assert len(logged.metrics) == 2 and len(logged.params) == 1
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_second_run_in_the_same_project_stops_at_once_naming_the_first(project):
+    first, _ = start_training(project)
+    try:
+        second = run_kedro(project, "run", "--pipelines", "splitting", "--params", PARAMS)
+        assert second.returncode == 1
+        assert "Error: another cellsynth run is using this project" in second.stderr
+        assert f"process {first.pid} (`" in second.stderr and "run --pipelines generation" in second.stderr
+        assert "Running node" not in second.stdout + second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    # The lock dies with its process: the next run goes ahead.
+    third = run_kedro(project, "run", "--pipelines", "splitting", "--only-missing-outputs", "--params", PARAMS)
+    assert third.returncode == 0, third.stderr[-3000:]
+
+
+def test_the_lock_names_its_holder_and_is_free_once_released(tmp_path):
+    from cellsynth.project_lock import ProjectLockedError, acquire, release
+
+    held = acquire(tmp_path)
+    with pytest.raises(ProjectLockedError, match=rf"process {os.getpid()} \(`"):
+        acquire(tmp_path)
+    release(held)
+    release(acquire(tmp_path))

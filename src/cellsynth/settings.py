@@ -19,11 +19,12 @@ warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
+from cellsynth.project_lock import ProjectLockHook  # noqa: E402
 from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
 from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
 from cellsynth.validation_hook import ParameterValidationHook  # noqa: E402
 
-HOOKS = (RunMatrixHook(), ParameterValidationHook(), MlflowTrackingHook())
+HOOKS = (RunMatrixHook(), ParameterValidationHook(), ProjectLockHook(), MlflowTrackingHook())
 
 # kedro-telemetry (pulled in by kedro-viz) must stay silent.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

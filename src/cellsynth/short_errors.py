@@ -1,9 +1,9 @@
 """A wrong input or parameter is printed as its message, not after a page of traceback.
 
 cellsynth's own errors (:class:`~cellsynth.config.ConfigError`,
-:class:`~cellsynth.data.validation.InputDataError`, :class:`~cellsynth.generators.base.GeneratorError`)
-already say what is wrong and how to fix it; the 100–250 lines of traceback Python prints above them
-hide that. :func:`install` replaces ``sys.excepthook`` so that such an error prints as ``Error: <message>``
+:class:`~cellsynth.data.validation.InputDataError`, :class:`~cellsynth.generators.base.GeneratorError`,
+:class:`~cellsynth.project_lock.ProjectLockedError`) already say what is wrong and how to fix it; the
+100–250 lines of traceback Python prints above them hide that. :func:`install` replaces ``sys.excepthook`` so that such an error prints as ``Error: <message>``
 and its traceback goes to ``logs/last_error.log`` (printed in full with ``CELLSYNTH_VERBOSE=1``).
 Every other exception keeps the usual traceback.
 """
@@ -19,8 +19,9 @@ from types import TracebackType
 from cellsynth.config import ConfigError
 from cellsynth.data.validation import InputDataError
 from cellsynth.generators.base import GeneratorError
+from cellsynth.project_lock import ProjectLockedError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, InputDataError, GeneratorError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, InputDataError, GeneratorError, ProjectLockedError)
 VERBOSE_VARIABLE = "CELLSYNTH_VERBOSE"
 
 
