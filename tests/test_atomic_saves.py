@@ -139,3 +139,31 @@ def test_kill_9_during_a_parquet_save_leaves_the_previous_file_and_the_output_is
     assert "Running node: split_folds" in output
     assert "Running node: validate_input" not in output  # its output is whole: skipped
     pd.testing.assert_frame_equal(pd.read_parquet(target), assignments)
+
+
+def test_the_reference_space_round_trips_through_arrays_only(tmp_path, tiny_adata_factory):
+    from cellsynth.metrics.space import ReferenceSpace
+
+    adata = tiny_adata_factory(n_cells=120, n_genes=30, n_types=3, seed=2)
+    space = ReferenceSpace(n_components=10, seed=0).fit(adata.X)
+    space.var_names_ = np.asarray(adata.var_names, dtype=object)  # what the evaluation node attaches
+    dataset = cd.ReferenceSpaceDataset(filepath=str(tmp_path / "reference_space.npz"))
+    dataset.save(space)
+    assert dataset.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["reference_space.npz"]
+    np.load(tmp_path / "reference_space.npz", allow_pickle=False)  # nothing in it needs unpickling
+    loaded = dataset.load()
+    assert isinstance(loaded, ReferenceSpace) and loaded.n_components_ == 10
+    np.testing.assert_array_equal(loaded.transform(adata.X), space.transform(adata.X))
+    assert loaded.var_names_.dtype == object and list(loaded.var_names_) == list(adata.var_names)
+
+
+def test_the_reference_space_file_cannot_name_another_class(tmp_path):
+    import json
+
+    from kedro.io.core import DatasetError
+
+    meta = {"class": "os.system", "fields": {}}
+    with (tmp_path / "evil.npz").open("wb") as handle:
+        np.savez(handle, __meta__=np.array(json.dumps(meta)))
+    with pytest.raises(DatasetError, match="not an allowed class"):
+        cd.ReferenceSpaceDataset(filepath=str(tmp_path / "evil.npz")).load()

@@ -126,5 +126,5 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     assert "Table 1" in report and "Table 3" in report and "real (B vs A floor)" in report
     # downstream never ran here: the report says so instead of leaving it out (or showing an old file)
     assert 'id="downstream"' in report and "Not computed." in report and "kedro run --pipelines downstream" in report
-    assert (root / "data" / "06_models" / "evaluation" / "fold_0" / "reference_space.pkl").is_file()
+    assert (root / "data" / "06_models" / "evaluation" / "fold_0" / "reference_space.npz").is_file()
     assert (root / "data" / "07_model_output" / "evaluation" / "fake_flow" / "fold_0" / "honest_sample.parquet").is_file()

@@ -11,6 +11,7 @@ from cellsynth.datasets.atomic import (
     TextDataset,
 )
 from cellsynth.datasets.generator_dataset import GeneratorDataset
+from cellsynth.datasets.reference_space import ReferenceSpaceDataset
 from cellsynth.datasets.section_dataset import ReportSectionDataset
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "JSONDataset",
     "ParquetDataset",
     "PickleDataset",
+    "ReferenceSpaceDataset",
     "ReportSectionDataset",
     "TextDataset",
 ]

@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -200,6 +199,13 @@ class Standardizer:
         return {"mean": self.mean, "scale": self.scale}
 
 
+def _fit_labeller(X: np.ndarray, labels: np.ndarray, *, n_neighbors: int):
+    """The k-NN classifier that labels an unconditional generator's cells (refitted from arrays on load)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return KNeighborsClassifier(n_neighbors=n_neighbors).fit(X, labels)
+
+
 class Generator(ABC):
     """Base class of all generators.
 
@@ -271,10 +277,8 @@ class Generator(ABC):
         """
         X, labels = self._training_arrays(adata)
         if not self.conditional:
-            from sklearn.neighbors import KNeighborsClassifier
-
             # fitted first, on its own copy: ``_fit`` may transform ``X`` in place
-            self._labeller = KNeighborsClassifier(n_neighbors=min(15, len(X))).fit(X.copy(), labels)
+            self._labeller = _fit_labeller(X.copy(), labels, n_neighbors=min(15, len(X)))
         started = time.perf_counter()
         with rng_scope():
             history = self._fit(X, labels, seed=seed, progress=progress, on_epoch=on_epoch)
@@ -354,8 +358,9 @@ class Generator(ABC):
             "conditional": self.conditional,
         }
         (directory / "generator.json").write_text(json.dumps(meta, indent=1))
-        if self._labeller is not None:
-            joblib.dump(self._labeller, directory / "labeller.joblib")
+        if self._labeller is not None:  # its training cells, labels and k: no pickle to execute on load
+            np.savez(directory / "labeller.npz", X=self._labeller._fit_X,
+                     labels=self._labeller.classes_[self._labeller._y], n_neighbors=self._labeller.n_neighbors)
         self._save_state(directory)
 
     @classmethod
@@ -371,8 +376,9 @@ class Generator(ABC):
         model.type_counts_ = meta["type_counts"]
         model.nonnegative_ = meta["nonnegative"]
         model.conditional = meta["conditional"]
-        if (directory / "labeller.joblib").exists():
-            model._labeller = joblib.load(directory / "labeller.joblib")
+        if (directory / "labeller.npz").exists():
+            with np.load(directory / "labeller.npz", allow_pickle=False) as saved:
+                model._labeller = _fit_labeller(saved["X"], saved["labels"], n_neighbors=int(saved["n_neighbors"]))
         with rng_scope():  # a network built before its weights are loaded draws from the global RNG
             model._load_state(directory)
         return model

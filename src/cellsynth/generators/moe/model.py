@@ -309,5 +309,5 @@ class MOEGenerator(Generator):
         self._zero_below = state["zero_below"]
         self.conditional = bool(self.params.conditional)
         self._flow = self._build(len(self.var_names_))
-        self._flow.load_state_dict(torch.load(directory / "moe_flow.pt", map_location=self._device()))
+        self._flow.load_state_dict(torch.load(directory / "moe_flow.pt", map_location=self._device(), weights_only=True))
         self._flow.eval()
