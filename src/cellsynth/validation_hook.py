@@ -71,6 +71,11 @@ def validate_parameters(params: dict[str, Any], *, generators: bool = True) -> N
     from cellsynth.data import integration
     from cellsynth.run_matrix import RunMatrix
 
+    if isinstance(params.get("dataset"), dict) and params["dataset"].get("label_key", "") is None and not params.get("datasets"):
+        raise ConfigError(
+            "dataset.label_key is null: cellsynth models cells per cell type, so each cell needs a label. "
+            "Unlabelled data: cluster it first (e.g. scanpy.pp.neighbors + scanpy.tl.leiden) and set "
+            "dataset.label_key to the cluster column.")
     parsed = {block: cls.from_params(params.get(block)) for block, cls in BLOCKS.items()}
     matrix = RunMatrix.from_params(params)
     if generators:

@@ -26,6 +26,26 @@ def mitochondrial_mask(var_names: pd.Index, prefixes: Sequence[str]) -> np.ndarr
     return mask
 
 
+WARN_REMOVED_SHARE = 0.5
+"""QC that removes more than this share of the cells, or of one cell type's cells, is warned about."""
+
+
+def _warn_large_losses(adata: AnnData, keep_cells: np.ndarray, source: str) -> None:
+    """Warn when QC removed most cells, or most cells of a type (thresholds made for other data)."""
+    removed = 1.0 - keep_cells.mean()
+    if removed > WARN_REMOVED_SHARE:
+        log.warning("%s: QC removed %.0f%% of the cells: its thresholds (preprocessing.qc, the Seurat PBMC3K ones "
+                    "by default) may not fit this data; see qc_summary.csv", source, 100 * removed)
+    if LABEL_KEY in adata.obs:
+        labels = adata.obs[LABEL_KEY].astype(object).to_numpy()
+        labelled = pd.notna(labels)
+        kept = pd.Series(keep_cells[labelled]).groupby(labels[labelled]).mean()
+        lost = sorted(kept.index[kept < 1.0 - WARN_REMOVED_SHARE])
+        if lost:
+            log.warning("%s: QC removed most cells of %s: relax preprocessing.qc if these types matter",
+                        source, ", ".join(f"{t} ({100 * (1 - kept[t]):.0f}%)" for t in lost))
+
+
 def quality_control(
     adata: AnnData,
     *,
@@ -88,6 +108,7 @@ def quality_control(
     filtered.obs["pct_counts_mt"] = pct_mito[keep_cells]
     if LABEL_KEY in filtered.obs and isinstance(filtered.obs[LABEL_KEY].dtype, pd.CategoricalDtype):
         filtered.obs[LABEL_KEY] = filtered.obs[LABEL_KEY].cat.remove_unused_categories()
+    _warn_large_losses(adata, keep_cells, source)
     summary = pd.DataFrame(steps, columns=["step", "n_cells", "n_genes"])
     log.info("%s: QC kept %d of %d cells and %d of %d genes", source, filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
     return filtered, summary

@@ -15,6 +15,9 @@ from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
+MIN_CELLS_FOR_HVGS = 20
+"""Fewer training cells than this cannot give a stable mean–variance fit (scikit-misc's loess fails)."""
+
 
 def assign_folds(adata: AnnData, *, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """Assign every cell to the test part of exactly one of ``n_folds`` stratified folds.
@@ -42,8 +45,24 @@ def select_hvgs(train: AnnData, *, n_top_genes: int = 2000, flavor: str = "seura
     ``seurat_v3`` reads raw counts (``layers["counts"]``); other flavours read the log-normalised ``X``.
     """
     n_top = min(int(n_top_genes), train.n_vars)
+    if n_top < int(n_top_genes):
+        log.warning("%d HVGs asked (splitting.n_top_genes) but only %d genes passed QC: all %d are kept",
+                    int(n_top_genes), train.n_vars, train.n_vars)
+    if train.n_obs < MIN_CELLS_FOR_HVGS:
+        raise InputDataError(
+            f"{train.n_obs} training cells are too few to choose HVGs (at least {MIN_CELLS_FOR_HVGS}): "
+            "relax preprocessing.qc (see qc_summary.csv for what removed the cells), lower splitting.n_folds, "
+            "or use a larger dataset."
+        )
     layer = "counts" if flavor.startswith("seurat_v3") else None
-    table = sc.pp.highly_variable_genes(train, n_top_genes=n_top, flavor=flavor, layer=layer, inplace=False, subset=False)
+    try:
+        table = sc.pp.highly_variable_genes(train, n_top_genes=n_top, flavor=flavor, layer=layer, inplace=False,
+                                            subset=False)
+    except ValueError as exc:  # scikit-misc's loess on too few or too similar cells ("near singularities")
+        raise InputDataError(
+            f"HVG selection ({flavor}) failed on {train.n_obs} training cells × {train.n_vars} genes: {exc}. "
+            "Too few cells or genes for the fit: relax preprocessing.qc, or set splitting.hvg_flavor: seurat."
+        ) from exc
     table.index = train.var_names
     return train.var_names[table["highly_variable"].to_numpy()]
 

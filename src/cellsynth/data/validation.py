@@ -19,6 +19,10 @@ from cellsynth.schema import BATCH_KEY, LABEL_KEY
 
 log = logging.getLogger(__name__)
 
+MISSING_LABELS = frozenset({"", "nan", "none", "null", "<na>", "n/a"})
+"""Label strings that mean "no label" (compared stripped and lower-cased): what ``astype(str)`` makes of
+a missing value, and what spreadsheets write for one."""
+
 
 class InputDataError(ValueError):
     """The input data cannot be used as given; the message says why and how to fix it."""
@@ -113,7 +117,7 @@ def validate_counts(
 
     obs = pd.DataFrame(index=adata.obs_names.astype(str))
     labels = adata.obs[label_key]
-    labelled = labels.notna().to_numpy() & (labels.astype(str).str.strip() != "").to_numpy()
+    labelled = labels.notna().to_numpy() & ~labels.astype(str).str.strip().str.lower().isin(MISSING_LABELS).to_numpy()
     obs[LABEL_KEY] = labels.astype(str).to_numpy()
     if batch_key is not None:
         obs[BATCH_KEY] = adata.obs[batch_key].astype(str).to_numpy()
