@@ -33,7 +33,8 @@ FOLDER_MODE = 0o777 & ~_UMASK
 """The mode ``mkdir`` gives a new folder (``mkdtemp`` would give 0700)."""
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def remove_stale_partials(target: Path) -> list[Path]:
         return removed
     for leftover in target.parent.glob(f".{target.name}.*.tmp*"):
         pid_text = leftover.name[len(target.name) + 2:].split("-", 1)[0]
-        if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+        if pid_text.isdigit() and process_alive(int(pid_text)) and int(pid_text) != os.getpid():
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)

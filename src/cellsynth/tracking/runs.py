@@ -137,27 +137,19 @@ def experiment_id_of(client, experiment: str) -> str:
         return found.experiment_id
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     """Mark KILLED the RUNNING runs of ``experiment_id`` opened on this machine by a process that is gone
     (killed with ``kill -9``, or its machine lost power); their reason says so. Returns their ids."""
     import socket
+
+    from cellsynth.datasets.atomic import process_alive
 
     closed = []
     host = socket.gethostname()
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         pid = tags.get(PID_TAG, "")
-        if tags.get(HOST_TAG) != host or not pid.isdigit() or _process_alive(int(pid)):
+        if tags.get(HOST_TAG) != host or not pid.isdigit() or process_alive(int(pid)):
             continue
         client.set_tag(run.info.run_id, END_REASON_TAG,
                        f"process {pid} on {host} ended without closing the run (killed); closed by process {os.getpid()}")
