@@ -101,3 +101,13 @@ def test_a_wrong_generator_stops_kedro_run_before_any_node_with_its_message(proj
     assert "Traceback" not in output and "Running node" not in output
     log = (project / "logs" / "last_error.log").read_text()
     assert log.startswith("Traceback") and "ConfigError" in log
+
+
+@pytest.mark.parametrize("path", ["data/03_primary/normalised_cells.h5ad", "data/05_model_input/fold_0/train.h5ad"])
+def test_an_input_inside_the_output_folders_is_refused(tmp_path, path):
+    params = copy.deepcopy(_read_parameters("local"))
+    params["dataset"]["path"] = path
+    with pytest.raises(ConfigError, match=r"dataset.path=.* is inside data/0\d_\w+, where cellsynth writes its outputs"):
+        validate_parameters(params, project_path=tmp_path)
+    params["dataset"]["path"] = str(tmp_path / "data" / "01_raw" / "mine.h5ad")
+    validate_parameters(params, project_path=tmp_path)

@@ -61,12 +61,28 @@ def _check_generators(generation: GenerationSettings, presets: Any) -> None:
             raise ConfigError(f"{where}: {exc}") from None
 
 
-def validate_parameters(params: dict[str, Any], *, generators: bool = True) -> None:
+OUTPUT_FOLDERS = ("02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
+                  "07_model_output", "08_reporting")
+"""The catalog's output folders under ``data/``: an input file there would be overwritten by a run."""
+
+
+def _check_input_outside_outputs(path: str, setting: str, project_path: Path) -> None:
+    resolved = (project_path / path).resolve()
+    for folder in OUTPUT_FOLDERS:
+        outputs = (project_path / "data" / folder).resolve()
+        if resolved == outputs or outputs in resolved.parents:
+            raise ConfigError(
+                f"{setting}={path!r} is inside data/{folder}, where cellsynth writes its outputs (a run would "
+                "overwrite or delete it): copy your file to data/01_raw/ or any folder outside data/.")
+
+
+def validate_parameters(params: dict[str, Any], *, generators: bool = True, project_path: Path | None = None) -> None:
     """Raise :class:`~cellsynth.config.ConfigError` naming the first wrong parameter of ``params``.
 
     Checks every settings block, ``folds_to_run`` against ``splitting.n_folds``, the ``datasets``
     list and, with ``generators`` (a run that trains them), the generator names and each generator's
     hyperparameters. (Evaluation alone may read the cells of a generator cellsynth does not have.)
+    With ``project_path``, input files inside the output folders of ``data/`` are refused.
     """
     from cellsynth.data import integration
     from cellsynth.run_matrix import RunMatrix
@@ -78,6 +94,12 @@ def validate_parameters(params: dict[str, Any], *, generators: bool = True) -> N
             "dataset.label_key to the cluster column.")
     parsed = {block: cls.from_params(params.get(block)) for block, cls in BLOCKS.items()}
     matrix = RunMatrix.from_params(params)
+    if project_path is not None:
+        inputs = [(spec.get("path"), f"datasets[{i}].path") for i, spec in enumerate(params.get("datasets") or [])
+                  if isinstance(spec, dict)]
+        for path, setting in [(parsed["dataset"].path, "dataset.path"), *inputs]:
+            if path:
+                _check_input_outside_outputs(str(path), setting, Path(project_path))
     if generators:
         _check_generators(parsed["generation"], params.get("generator_presets"))
     datasets = params.get("datasets") or []
@@ -108,4 +130,4 @@ class ParameterValidationHook:
     @hook_impl(tryfirst=True)  # before the tracking hook opens an MLflow run for a run that cannot start
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         trains = any(node.name.endswith(".generate_cells") for node in pipeline.nodes)
-        validate_parameters(catalog.load("parameters"), generators=trains)
+        validate_parameters(catalog.load("parameters"), generators=trains, project_path=Path(run_params["project_path"]))
