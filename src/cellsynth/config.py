@@ -26,6 +26,7 @@ __all__ = [
     "DownstreamSettings",
     "EvaluationFigureSettings",
     "EvaluationSettings",
+    "FairSettings",
     "GenerationSettings",
     "IntegrationScoringSettings",
     "IntegrationSettings",
@@ -37,6 +38,7 @@ __all__ = [
     "SplittingSettings",
     "TrackingSettings",
     "UtilitySettings",
+    "VerdictSettings",
 ]
 
 S = TypeVar("S", bound="Settings")
@@ -256,6 +258,35 @@ class EvaluationFigureSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class FairSettings(Settings):
+    """``evaluation.fair``: the fair protocol (a space fitted per comparison, repeated halves)."""
+
+    block: ClassVar[str] = "evaluation.fair"
+    enabled: bool = True
+    honest_repeats: int = 5
+    small_set_cells: int = 100
+    min_detection_cells: int = 10
+    within_type_min_cells: int = 10
+    correlation_genes: int = 100
+    correlation_min_cells: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class VerdictSettings(Settings):
+    """``evaluation.verdict``: the thresholds of the verdict table."""
+
+    block: ClassVar[str] = "evaluation.verdict"
+    max_detection_excess: float = 0.05
+    max_within_type_excess: float = 0.1
+    min_correlation_ratio: float = 0.5
+    min_recall_ratio: float = 0.5
+    min_memorization: float = 0.5
+    max_close_fraction: float = 0.5
+    min_support: int = 10
+    spread_factor: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationSettings(Settings):
     """``evaluation``: the protocol's settings (see :mod:`cellsynth.evaluation`).
 
@@ -276,6 +307,8 @@ class EvaluationSettings(Settings):
     c2st: C2STSettings = _nested(C2STSettings)
     utility: UtilitySettings = _nested(UtilitySettings)
     figures: EvaluationFigureSettings = _nested(EvaluationFigureSettings)
+    fair: FairSettings = _nested(FairSettings)
+    verdict: VerdictSettings = _nested(VerdictSettings)
 
     def compare_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`cellsynth.metrics.compare` for these settings."""
