@@ -246,3 +246,15 @@ def test_verdict_metrics_for_mlflow_have_short_names():
     keys = {k for k, _, _ in rows}
     assert ("verdict/realistic", 0.0, 0) in rows and ("verdict/not_copying", 1.0, 0) in rows
     assert "verdict/realistic_value" in keys and "verdict/useful" not in keys  # not computable: not logged
+
+
+def test_the_utility_sentence_never_names_a_sanity_baseline():
+    from cellsynth.evaluation.tables import utility_verdict
+
+    rows = [{"dataset": "d", "generator": g, "fold": 0, "protocol": "utility", "cell_type": "all",
+             "metric": "f1_macro", "value": v}
+            for g, v in ((REAL_ONLY, 0.80), ("class_gaussian_pca", 0.90), ("maf", 0.82), ("smote", 0.81))]
+    sentence = utility_verdict(long_frame(rows))
+    assert "maf (+0.020" in sentence and "class_gaussian_pca" not in sentence
+    only_baselines = long_frame([r for r in rows if r["generator"] in (REAL_ONLY, "class_gaussian_pca")])
+    assert "none is named" in utility_verdict(only_baselines)

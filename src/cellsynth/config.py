@@ -281,7 +281,6 @@ class VerdictSettings(Settings):
     min_correlation_ratio: float = 0.5
     min_recall_ratio: float = 0.5
     min_memorization: float = 0.5
-    max_close_fraction: float = 0.5
     min_support: int = 10
     spread_factor: float = 2.0
 
@@ -294,7 +293,9 @@ class EvaluationSettings(Settings):
     forests; ``n_pca`` components of the reference space; a cell type is compared on its own with
     at least ``min_cells_per_type`` cells on both sides; ``knn_k`` neighbours of the k-NN
     precision/recall; the MMDs (quadratic in cells) of a set larger than ``mmd_max_cells`` use a
-    seeded subsample of it (``None``: all cells).
+    seeded subsample of it (``None``: all cells). ``fair``: the fair protocol
+    (:mod:`cellsynth.evaluation.fair`); ``verdict``: the verdict's thresholds
+    (:mod:`cellsynth.evaluation.verdict`).
     """
 
     block: ClassVar[str] = "evaluation"

@@ -257,6 +257,8 @@ UPSAMPLING_REFERENCE = "smote"
 def utility_verdict(metrics: pd.DataFrame, metric: str = "f1_macro") -> str:
     """One sentence on the classification utility: the largest uplift over real-only, and SMOTE.
 
+    The largest uplift is named among the generators that are not sanity baselines.
+
     The uplift of a generator is its per-fold ``metric`` (protocol ``utility``, all types) minus the
     real-only classifier's of the same fold. A generator beats ``smote`` *beyond the fold-to-fold
     spread* when the mean of its paired per-fold differences to ``smote`` exceeds their sample sd
@@ -273,7 +275,10 @@ def utility_verdict(metrics: pd.DataFrame, metric: str = "f1_macro") -> str:
         return f"No generator was evaluated for classification utility ({label})."
     uplift = per_fold[generators].sub(per_fold[REAL_ONLY], axis=0)
     n_folds = int(per_fold[REAL_ONLY].notna().sum())
-    best = str(uplift.mean().idxmax())
+    candidates = [g for g in generators if g not in SANITY_BASELINES]  # a sanity baseline is never named best
+    if not candidates:
+        return f"Only sanity baselines were evaluated for classification utility ({label}): none is named."
+    best = str(uplift[candidates].mean().idxmax())
     spread = f" ± {uplift[best].std():.3f} sd" if n_folds > 1 else ""
     sentence = (f"Largest {label} uplift over real-only ({per_fold[REAL_ONLY].mean():.3f}): {best} "
                 f"({uplift[best].mean():+.3f}{spread} over {n_folds} fold{'s' if n_folds != 1 else ''})")

@@ -238,8 +238,9 @@ def build_evaluation_section(
                            "published_table1")]
     utility = ev.tables.utility_verdict(metrics)
     sentence = ev.verdict_sentence(verdict)
+    lead = [Table(f"Verdict ({name})", ev.verdict_display(verdict), [sentence, *ev.TABLE_NOTES["verdict"]],
+                  "verdict")]
     tables = [
-        Table(f"Verdict ({name})", ev.verdict_display(verdict), [sentence, *ev.TABLE_NOTES["verdict"]], "verdict"),
         Table("Fair protocol: realism, structure inside cell types, copying (mean ± spread)", fair_table,
               ev.TABLE_NOTES["fair"], "table_fair"),
         Table(f"Table 1: the paper's protocol, as published by the paper ({name})", paper_table,
@@ -273,4 +274,4 @@ def build_evaluation_section(
         f"Verdict: {sentence}",
         f"Utility: {utility}",
     ]
-    return evaluation_section(name, tables, figures, summary_lines)
+    return evaluation_section(name, tables, figures, summary_lines, lead=lead)
