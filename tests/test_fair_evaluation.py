@@ -258,3 +258,15 @@ def test_the_utility_sentence_never_names_a_sanity_baseline():
     assert "maf (+0.020" in sentence and "class_gaussian_pca" not in sentence
     only_baselines = long_frame([r for r in rows if r["generator"] in (REAL_ONLY, "class_gaussian_pca")])
     assert "none is named" in utility_verdict(only_baselines)
+
+
+def test_a_ratio_whose_floor_is_not_positive_is_explained_not_printed_as_nan():
+    from cellsynth.evaluation import add_floor_ratios, honest_table
+
+    rows = [{"dataset": "d", "generator": g, "fold": 0, "protocol": "honest", "cell_type": "all", "metric": m,
+             "value": v} for g, m, v in ((FLOOR, "mmd_unbiased", -0.0005), ("g", "mmd_unbiased", 0.02),
+                                         (FLOOR, "wd", 0.15), ("g", "wd", 0.30))]
+    frame = long_frame(rows)
+    table = honest_table(add_floor_ratios(frame, frame)).set_index("metric")
+    assert table.loc["MMD unbiased ↓", "g"] == "0.02 (no ratio: floor ≤ 0)"
+    assert table.loc["WD ↓", "g"] == "0.3 (×2.00)" and "nan" not in table.to_string().lower()

@@ -354,6 +354,9 @@ def _with_ratio(cells, means, generator: str, cell_type: str, metric: str) -> st
         return "—"
     ratio = means.get((generator, HONEST, cell_type, metric + RATIO_SUFFIX))
     if ratio is None or not math.isfinite(ratio):
+        floor = means.get((FLOOR, HONEST, cell_type, metric))
+        if floor is not None and math.isfinite(floor) and floor <= 0:
+            return f"{value} (no ratio: floor ≤ 0)"  # an unbiased estimate of a zero distance can be negative
         return value
     return f"{value} (×{ratio:.2f})"
 
