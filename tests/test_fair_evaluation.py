@@ -270,3 +270,11 @@ def test_a_ratio_whose_floor_is_not_positive_is_explained_not_printed_as_nan():
     table = honest_table(add_floor_ratios(frame, frame)).set_index("metric")
     assert table.loc["MMD unbiased ↓", "g"] == "0.02 (no ratio: floor ≤ 0)"
     assert table.loc["WD ↓", "g"] == "0.3 (×2.00)" and "nan" not in table.to_string().lower()
+
+
+def test_compare_switches_to_the_logistic_classifier_on_small_sets():
+    from cellsynth.metrics import compare
+
+    real, shifted = _gaussian(24, 50, 0.0, 0), _gaussian(24, 50, 3.0, 1)
+    assert compare(real, shifted, small_set_cells=None)["c2st_auc"] == 0.5  # gradient boosting cannot split
+    assert compare(real, shifted, small_set_cells=100)["c2st_auc"] > 0.95

@@ -240,6 +240,7 @@ class C2STSettings(Settings):
     classifier: Literal["hist_gb", "logistic"] = "hist_gb"
     n_splits: int = 5
     n_threads: int | None = 1
+    small_set_cells: int | None = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,6 @@ class FairSettings(Settings):
     block: ClassVar[str] = "evaluation.fair"
     enabled: bool = True
     honest_repeats: int = 5
-    small_set_cells: int = 100
     min_detection_cells: int = 10
     within_type_min_cells: int = 10
     correlation_genes: int = 100
@@ -321,6 +321,7 @@ class EvaluationSettings(Settings):
             "n_splits": self.c2st.n_splits,
             "n_threads": self.c2st.n_threads,
             "mmd_max_cells": self.mmd_max_cells,
+            "small_set_cells": self.c2st.small_set_cells,
         }
 
 

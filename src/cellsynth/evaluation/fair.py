@@ -47,7 +47,15 @@ from cellsynth.evaluation.protocol import (
     matched_subsample,
     without_nonfinite,
 )
-from cellsynth.metrics import ReferenceSpace, as_dense, c2st_auc, compare, memorization_score, split_halves
+from cellsynth.metrics import (
+    ReferenceSpace,
+    as_dense,
+    c2st_auc,
+    c2st_classifier,
+    compare,
+    memorization_score,
+    split_halves,
+)
 from cellsynth.schema import ALL_TYPES, FLOOR
 
 __all__ = [
@@ -75,16 +83,14 @@ def detection_auc(reference: np.ndarray, candidate: np.ndarray, fair: FairSettin
                   seed: int) -> float:
     """C2ST AUC that stays meaningful on small sets; NaN ("too few cells") below ``min_detection_cells``.
 
-    With fewer than ``fair.small_set_cells`` cells in the smaller set the standardised logistic
-    regression replaces gradient boosting: ``HistGradientBoostingClassifier`` needs 20 samples per
-    leaf, so on ~24 vs 24 cells it never splits and returns exactly 0.5 even for well separated sets.
+    With fewer than ``c2st.small_set_cells`` cells in the smaller set the standardised logistic
+    regression replaces gradient boosting (:func:`~cellsynth.metrics.c2st_classifier`).
     """
     n = min(len(reference), len(candidate))
     if n < fair.min_detection_cells:
         return float("nan")
-    classifier = c2st.classifier if n >= fair.small_set_cells else "logistic"
-    return c2st_auc(reference, candidate, seed=seed, n_splits=c2st.n_splits, classifier=classifier,
-                    n_threads=c2st.n_threads)
+    return c2st_auc(reference, candidate, seed=seed, n_splits=c2st.n_splits,
+                    classifier=c2st_classifier(n, c2st.classifier, c2st.small_set_cells), n_threads=c2st.n_threads)
 
 
 def type_centred(X: np.ndarray, labels: np.ndarray, type_means: Mapping[str, np.ndarray]) -> np.ndarray:
