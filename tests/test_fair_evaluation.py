@@ -268,7 +268,7 @@ def test_a_ratio_whose_floor_is_not_positive_is_explained_not_printed_as_nan():
                                          (FLOOR, "wd", 0.15), ("g", "wd", 0.30))]
     frame = long_frame(rows)
     table = honest_table(add_floor_ratios(frame, frame)).set_index("metric")
-    assert table.loc["MMD unbiased ↓", "g"] == "0.02 (no ratio: floor ≤ 0)"
+    assert table.loc["MMD unbiased ↓", "g"] == "0.02 (floor ≤ 0)"
     assert table.loc["WD ↓", "g"] == "0.3 (×2.00)" and "nan" not in table.to_string().lower()
 
 

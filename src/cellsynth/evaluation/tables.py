@@ -119,6 +119,8 @@ TABLE_NOTES = {
         "Protocol 'honest': reference = half A of the test cells; floor = half B; each generator contributes |B| "
         "cells (B's type counts where it has the types). (×r) = ratio to the floor of the same fold (×1 = as "
         "good as real data).",
+        "(floor ≤ 0): no ratio, the floor's value is not positive (an unbiased estimate of a zero distance "
+        "can be negative), so a ratio to it would mean nothing.",
     ],
     "per_type": [
         "Honest protocol within each cell type with enough cells on both sides; ratios to that type's floor.",
@@ -356,7 +358,7 @@ def _with_ratio(cells, means, generator: str, cell_type: str, metric: str) -> st
     if ratio is None or not math.isfinite(ratio):
         floor = means.get((FLOOR, HONEST, cell_type, metric))
         if floor is not None and math.isfinite(floor) and floor <= 0:
-            return f"{value} (no ratio: floor ≤ 0)"  # an unbiased estimate of a zero distance can be negative
+            return f"{value} (floor ≤ 0)"  # an unbiased estimate of a zero distance can be negative
         return value
     return f"{value} (×{ratio:.2f})"
 
