@@ -31,6 +31,15 @@ from ``conf/base/parameters_evaluation.yml`` (``--seed``/``--n-pca`` override):
   ``nonfinite_cells_*``).
 * Per cell type: the same comparisons within every type present in the table (their set is checked:
   types with ≥ ``min_cells_per_type`` cells on both sides).
+* ``fair`` and ``within_type`` (unless ``--skip-fair``), for ``r < fair.honest_repeats`` with seed
+  ``seed + r``: halves A/B of the test cells (stratified, re-implemented here), the generator's cells
+  matched to B's type counts (or B itself for the floor), exact duplicate cells counted
+  (``duplicate_fraction``) and dropped; StandardScaler + PCA fitted on A ∪ compared cells: WD, CD, MMD,
+  k-NN precision/recall; memorisation and close fraction of the compared cells (duplicates kept) in a
+  space fitted on A alone, relative to B; ``correlation_r`` = per type with enough cells on both
+  sides, Pearson r of the upper triangles of the gene × gene correlation matrices of the type's top
+  genes (by A's mean), averaged over types. Mean over repeats and ``<metric>_repeat_sd`` (ddof 1).
+  The detection AUCs (fair and within-type) are only checked to lie in [0, 1].
 * ``utility`` (unless ``--skip-utility``): ``RandomForestClassifier(criterion="entropy",
   n_estimators, random_state=seed)`` on ``train.X`` (stacked as CSR with the ``upsample`` cells),
   scored on ``test.X``: accuracy, macro/weighted precision, recall, F1, per-type F1.
@@ -323,6 +332,108 @@ def recompute(project: Path, metrics: pd.DataFrame, params: dict, skip_utility: 
     return pd.DataFrame(rows, columns=columns), problems
 
 
+# ----------------------------------------------------------------------------- fair protocol
+def halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified halves: per label in sorted order, a seeded permutation; ⌊n/2⌋ to each half, the odd
+    cell to the smaller half so far (coin flip on a tie), a singleton to A."""
+    rng = np.random.default_rng(seed)
+    a, b, size_a, size_b = [], [], 0, 0
+    for label in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n = len(idx)
+        to_a = 1 if n == 1 else n // 2 + int(n % 2 == 1 and (size_a < size_b or (size_a == size_b and rng.integers(2) == 0)))
+        a.append(idx[:to_a])
+        b.append(idx[to_a:])
+        size_a, size_b = size_a + to_a, size_b + n - to_a
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
+
+
+def matched(labels: np.ndarray, target: pd.Series, seed: int) -> np.ndarray:
+    """Per type of ``target`` in sorted order, min(target, available) cells without replacement; a
+    shortfall filled at random from the rest."""
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == t), min(int(target[t]), int((labels == t).sum())), replace=False)
+              for t in sorted(target.index) if (labels == t).any() and int(target[t]) > 0]
+    picked = np.concatenate(picked).astype(np.int64) if picked else np.array([], dtype=np.int64)
+    shortfall = int(target.sum()) - len(picked)
+    if shortfall > 0:
+        rest = np.setdiff1d(np.arange(len(labels)), picked)
+        picked = np.concatenate([picked, rng.choice(rest, min(shortfall, len(rest)), replace=False)])
+    return np.sort(picked)
+
+
+def correlation_r(ref, y_ref, cand, y_cand, n_genes: int, min_cells: int) -> float:
+    values = []
+    for t in sorted(set(y_ref) & set(y_cand)):
+        r, c = ref[y_ref == t], cand[y_cand == t]
+        if len(r) < min_cells or len(c) < min_cells:
+            continue
+        genes = np.argsort(-r.mean(axis=0), kind="stable")[:n_genes]
+        upper = np.triu_indices(len(genes), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x, y = np.corrcoef(r[:, genes], rowvar=False)[upper], np.corrcoef(c[:, genes], rowvar=False)[upper]
+        ok = np.isfinite(x) & np.isfinite(y)
+        values.append(0.0 if ok.sum() < 3 or x[ok].std() == 0 or y[ok].std() == 0
+                      else float(np.corrcoef(x[ok], y[ok])[0, 1]))
+    return float(np.mean(values)) if values else np.nan
+
+
+def fair_repeat(a, y_a, cand, y_cand, train_X, holdout, params: dict, seed: int) -> dict:
+    n_pca, k, fair = int(params["n_pca"]), int(params.get("knn_k", 5)), params.get("fair") or {}
+    out = {}
+    if holdout is not None:
+        project_to = reference_space(a, n_pca, int(params["seed"]))
+        d_c, d_h = min_distance(project_to(cand), project_to(train_X)), min_distance(project_to(holdout), project_to(train_X))
+        out["memorization"] = float(np.median(d_c) / np.median(d_h))
+        out["memorization_close_fraction"] = float(np.mean(d_c < np.quantile(d_h, 0.05)))
+    _, first = np.unique(cand, axis=0, return_index=True)
+    keep = np.sort(first)
+    out["duplicate_fraction"] = 1 - len(keep) / len(cand)
+    cand, y_cand = cand[keep], y_cand[keep]
+    project_to = reference_space(np.vstack([a, cand]), n_pca, int(params["seed"]))
+    za, zc = project_to(a), project_to(cand)
+    out.update({"wd": wd(za, zc), "cd": cd(za, zc), "mmd": mmd(za, zc),
+                "precision": float(covered(zc, za, k).mean()), "recall": float(covered(za, zc, k).mean())})
+    out["correlation_r"] = correlation_r(a, y_a, cand, y_cand, int(fair.get("correlation_genes", 100)),
+                                         int(fair.get("correlation_min_cells", 20)))
+    return out
+
+
+def recompute_fair(project: Path, metrics: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """Protocols ``fair`` and ``within_type`` (all but the detection AUCs, which are only range-checked)."""
+    paths, rows = Paths(project), []
+    dataset, seed = str(metrics["dataset"].iloc[0]), int(params["seed"])
+    repeats = int((params.get("fair") or {}).get("honest_repeats", 5))
+    within = {"correlation_r"}
+    for fold in sorted(metrics.loc[metrics["protocol"] == "fair", "fold"].unique()):
+        fold = int(fold)
+        train = ad.read_h5ad(paths("fold_{k}.train", k=fold))
+        test = ad.read_h5ad(paths("fold_{k}.test", k=fold))
+        X_test, y_test = dense(test[:, train.var_names].X), test.obs["cell_type"].astype(str).to_numpy()
+        generators = sorted(set(metrics.loc[(metrics["protocol"] == "fair") & (metrics["fold"] == fold), "generator"]))
+        for generator in generators:
+            if generator != FLOOR:
+                synthetic, _ = finite_only(ad.read_h5ad(paths("{generator}.fold_{k}.synthetic", generator=generator, k=fold)))
+                X_s, y_s = dense(synthetic[:, train.var_names].X), synthetic.obs["cell_type"].astype(str).to_numpy()
+            values = []
+            for r in range(repeats):
+                ia, ib = halves(y_test, seed + r)
+                if generator == FLOOR:
+                    cand, y_cand, holdout = X_test[ib], y_test[ib], None
+                else:
+                    pos = matched(y_s, pd.Series(y_test[ib]).value_counts(), seed + r)
+                    cand, y_cand, holdout = X_s[pos], y_s[pos], X_test[ib]
+                values.append(fair_repeat(X_test[ia], y_test[ia], cand, y_cand, train.X, holdout, params, seed + r))
+            frame = pd.DataFrame(values)
+            for metric in frame.columns:
+                protocol = "within_type" if metric in within else "fair"
+                sd = frame[metric].std(ddof=1) if frame[metric].notna().sum() > 1 else np.nan
+                rows += [(dataset, generator, fold, protocol, "all", metric, float(frame[metric].mean())),
+                         (dataset, generator, fold, protocol, "all", f"{metric}_repeat_sd", float(sd))]
+    columns = ["dataset", "generator", "fold", "protocol", "cell_type", "metric", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def ratios(values: dict, floor: dict) -> dict:
     out = {}
     for metric, v in values.items():
@@ -368,6 +479,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--atol", type=float, default=1e-9)
     parser.add_argument("--skip-utility", action="store_true", help="do not refit the random forests")
+    parser.add_argument("--skip-fair", action="store_true", help="do not recompute the fair protocol")
     args = parser.parse_args(argv)
 
     project = args.project.resolve()
@@ -381,6 +493,11 @@ def main(argv=None) -> int:
     print(f"Recomputing {metrics_path} (seed {params['seed']}, n_pca {params['n_pca']}, "
           f"folds {sorted(saved['fold'].unique().tolist())}) ...")
     recomputed, problems = recompute(project, saved, params, args.skip_utility)
+    if not args.skip_fair and (saved["protocol"] == "fair").any():
+        recomputed = pd.concat([recomputed, recompute_fair(project, saved, params)], ignore_index=True)
+        auc = saved[saved["protocol"].isin(["fair", "within_type"]) & (saved["metric"] == "c2st_auc")]["value"]
+        if not auc.dropna().between(0, 1).all():
+            problems.append("fair/within-type detection AUC outside [0, 1]")
     table, n_bad = compare(saved, recomputed, args.rtol, args.atol)
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

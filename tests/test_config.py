@@ -62,7 +62,7 @@ def test_conf_base_has_a_block_for_every_settings_class_and_no_unknown_key():
 
 def test_an_unknown_key_is_an_error_that_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"evaluation.c2st: unknown key\(s\) \['clasifier'\]; valid keys: "
-                                          r"\['classifier', 'enabled', 'n_splits', 'n_threads'\]"):
+                                          r"\['classifier', 'enabled', 'n_splits', 'n_threads', 'small_set_cells'\]"):
         EvaluationSettings.from_params({"c2st": {"clasifier": "logistic"}})
 
 

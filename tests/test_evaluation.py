@@ -179,7 +179,7 @@ def test_tables_and_markdown(evaluated):
     assert table1["metric"].tolist() == ["WD ↓", "CD ↓", "MMD ↓"]
     assert table1.loc[0, ev.REAL_TRAIN_VS_TEST] == f"{value(metrics, ev.REAL_TRAIN_VS_TEST, ev.PAPER, 'wd'):.4g}"
     table3 = ev.utility_table(metrics)
-    assert "F1 (macro) ↑" in table3["metric"].tolist() and "F1 [type_0] ↑" in table3["metric"].tolist()
+    assert "F1 (macro) ↑" in table3["metric"].tolist() and "F1 [type_0] (n = 40) ↑" in table3["metric"].tolist()
     assert table3.loc[table3["metric"] == "F1 (macro) ↑", "train_copy (sanity)"].item() == "—"  # no utility run
     honest = ev.honest_table(metrics)
     assert ev.FLOOR in honest.columns and (honest[ev.FLOOR].str.contains(r"\(×1\.00\)") | (honest["metric"] ==

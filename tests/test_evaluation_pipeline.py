@@ -16,9 +16,9 @@ from cellsynth.pipelines.evaluation import create_pipeline
 from cellsynth.run_matrix import RunMatrix
 from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
 
-FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only"]
-GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic"]
-REPORT_NODES = ["collect_metrics", "summarise_metrics", "make_tables", "plot_metrics_vs_floor",
+FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only", "evaluate_real_fair"]
+GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic", "evaluate_synthetic_fair"]
+REPORT_NODES = ["collect_metrics", "summarise_metrics", "make_tables", "make_verdict", "plot_metrics_vs_floor",
                 "plot_training_curves", "build_evaluation_section"]
 
 
@@ -28,6 +28,7 @@ def test_pipeline_builds_for_a_run_matrix():
     expected = {f"fold_{k}.{n}" for k in (0, 2) for n in FOLD_NODES}
     expected |= {f"{g}.fold_{k}.{n}" for g in ("maf", "train_copy") for k in (0, 2) for n in GENERATOR_NODES}
     expected |= set(REPORT_NODES) | {f"plot_reference_pca_fold_{k}" for k in (0, 2)}
+    expected |= {f"verdict_of_run_{g}_fold_{k}" for g in ("maf", "train_copy") for k in (0, 2)}
     assert {n.name for n in pipe.nodes} == expected
     by_name = {n.name: n for n in pipe.nodes}
     assert by_name["fold_2.fit_reference_space"].namespace == "fold_2"
@@ -109,13 +110,19 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     metrics = pd.read_parquet(reporting / "metrics.parquet")
     assert list(metrics.columns) == COLUMNS
     assert {REAL_TRAIN_VS_TEST, FLOOR, REAL_ONLY, *generators} == set(metrics["generator"])
-    assert set(metrics["protocol"]) == {"paper", "paper_upsample", "honest", "utility", "run"}
+    # no "counts" rows: these cells carry no layers["counts"] (the report says "skipped: no counts")
+    assert set(metrics["protocol"]) == {"paper", "paper_upsample", "honest", "utility", "run", "fair", "within_type"}
     assert (metrics["dataset"] == "tiny").all()
     copy = metrics.query("generator == 'train_copy' and protocol == 'honest' and cell_type == 'all'")
     assert copy.set_index("metric").loc["memorization", "value"] < 0.1
     split = pd.read_parquet(root / "data" / "05_model_input" / "fold_0" / "honest_split.parquet")
     assert sorted(split["half"].unique()) == ["A", "B"] and len(split) == 120
-    for name in ("table1_paper", "table3_utility", "table_honest", "table_per_type"):
+    verdict = pd.read_csv(reporting / "verdict.csv").set_index("generator")
+    assert set(verdict.index) == set(generators) and verdict.loc["train_copy", "not_copying"] == "✗"
+    assert bool(verdict.loc["train_copy", "sanity_baseline"]) and not bool(verdict.loc["fake_flow", "sanity_baseline"])
+    per_run = pd.read_csv(root / "data" / "07_model_output" / "evaluation" / "train_copy" / "fold_0" / "verdict.csv")
+    assert per_run["not_copying"].tolist() == ["✗"]
+    for name in ("table1_paper", "table3_utility", "table_honest", "table_per_type", "table_fair", "verdict"):
         assert (reporting / f"{name}.csv").is_file() and (reporting / f"{name}.md").is_file()
     table1 = pd.read_csv(reporting / "table1_paper.csv")
     assert list(table1.columns) == ["metric", REAL_TRAIN_VS_TEST, FLOOR, "fake_flow", "train_copy (sanity)"]
@@ -124,6 +131,8 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     report = (reporting / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") == 3 and "http" not in report
     assert "Table 1" in report and "Table 3" in report and "real (B vs A floor)" in report
+    assert report.index("Verdict") < report.index("Table 1")  # the verdict comes first
+    assert "Fair protocol" in report and "skipped: no counts" in report
     # downstream never ran here: the report says so instead of leaving it out (or showing an old file)
     assert 'id="downstream"' in report and "Not computed." in report and "kedro run --pipelines downstream" in report
     assert (root / "data" / "06_models" / "evaluation" / "fold_0" / "reference_space.npz").is_file()

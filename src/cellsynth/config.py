@@ -26,6 +26,7 @@ __all__ = [
     "DownstreamSettings",
     "EvaluationFigureSettings",
     "EvaluationSettings",
+    "FairSettings",
     "GenerationSettings",
     "IntegrationScoringSettings",
     "IntegrationSettings",
@@ -37,6 +38,7 @@ __all__ = [
     "SplittingSettings",
     "TrackingSettings",
     "UtilitySettings",
+    "VerdictSettings",
     "split_list",
 ]
 
@@ -261,6 +263,7 @@ class C2STSettings(Settings):
     classifier: Literal["hist_gb", "logistic"] = "hist_gb"
     n_splits: int = 5
     n_threads: int | None = 1
+    small_set_cells: int | None = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +282,33 @@ class EvaluationFigureSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class FairSettings(Settings):
+    """``evaluation.fair``: the fair protocol (a space fitted per comparison, repeated halves)."""
+
+    block: ClassVar[str] = "evaluation.fair"
+    enabled: bool = True
+    honest_repeats: int = 5
+    min_detection_cells: int = 10
+    within_type_min_cells: int = 10
+    correlation_genes: int = 100
+    correlation_min_cells: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class VerdictSettings(Settings):
+    """``evaluation.verdict``: the thresholds of the verdict table."""
+
+    block: ClassVar[str] = "evaluation.verdict"
+    max_detection_excess: float = 0.05
+    max_within_type_excess: float = 0.1
+    min_correlation_ratio: float = 0.5
+    min_recall_ratio: float = 0.5
+    min_memorization: float = 0.5
+    min_support: int = 10
+    spread_factor: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
 class EvaluationSettings(Settings):
     """``evaluation``: the protocol's settings (see :mod:`cellsynth.evaluation`).
 
@@ -286,7 +316,9 @@ class EvaluationSettings(Settings):
     forests; ``n_pca`` components of the reference space; a cell type is compared on its own with
     at least ``min_cells_per_type`` cells on both sides; ``knn_k`` neighbours of the k-NN
     precision/recall; the MMDs (quadratic in cells) of a set larger than ``mmd_max_cells`` use a
-    seeded subsample of it (``None``: all cells).
+    seeded subsample of it (``None``: all cells). ``fair``: the fair protocol
+    (:mod:`cellsynth.evaluation.fair`); ``verdict``: the verdict's thresholds
+    (:mod:`cellsynth.evaluation.verdict`).
     """
 
     block: ClassVar[str] = "evaluation"
@@ -299,6 +331,8 @@ class EvaluationSettings(Settings):
     c2st: C2STSettings = _nested(C2STSettings)
     utility: UtilitySettings = _nested(UtilitySettings)
     figures: EvaluationFigureSettings = _nested(EvaluationFigureSettings)
+    fair: FairSettings = _nested(FairSettings)
+    verdict: VerdictSettings = _nested(VerdictSettings)
 
     def compare_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`cellsynth.metrics.compare` for these settings."""
@@ -310,6 +344,7 @@ class EvaluationSettings(Settings):
             "n_splits": self.c2st.n_splits,
             "n_threads": self.c2st.n_threads,
             "mmd_max_cells": self.mmd_max_cells,
+            "small_set_cells": self.c2st.small_set_cells,
         }
 
 

@@ -50,11 +50,19 @@ Protocols (column ``protocol`` of ``metrics.parquet``):
 ``run``
     Bookkeeping of the generator run (``fit_seconds``, ``sample_seconds``, ...).
 
+``fair``, ``within_type``, ``counts``
+    The fair protocol (:mod:`cellsynth.evaluation.fair`): a space fitted per comparison on half A ∪
+    the compared set, halves redrawn with seeds ``seed + r`` for ``r < fair.honest_repeats`` (mean and
+    ``<metric>_repeat_sd``), memorisation in a space fitted on half A only, within-type detection and
+    correlation preservation, KS distances of raw counts when the cells carry them. The verdict
+    (:mod:`cellsynth.evaluation.verdict`) reads these rows.
+
 Per-type rows (``cell_type`` ≠ ``"all"``) repeat the comparison within each type with at least
 ``min_cells_per_type`` cells on both sides (paper protocol: wd/cd/mmd; honest: all metrics).
 Counts are rows ``n_cells_reference`` / ``n_cells_compared``.
 """
 
+from cellsynth.evaluation.fair import COUNTS, FAIR, WITHIN_TYPE, fair_metrics
 from cellsynth.evaluation.figures import plot_metrics_vs_floor, plot_reference_pca, plot_training_curves
 from cellsynth.evaluation.protocol import (
     COLUMNS,
@@ -73,6 +81,7 @@ from cellsynth.evaluation.protocol import (
     generator_metrics,
     halves_from_split,
     honest_split_frame,
+    long_frame,
     matched_subsample,
     real_metrics,
     run_info_rows,
@@ -81,6 +90,7 @@ from cellsynth.evaluation.protocol import (
 from cellsynth.evaluation.report import evaluation_section
 from cellsynth.evaluation.tables import (
     TABLE_NOTES,
+    fair_table,
     honest_table,
     paper_table,
     per_type_table,
@@ -90,9 +100,19 @@ from cellsynth.evaluation.tables import (
     utility_table,
 )
 from cellsynth.evaluation.utility import utility_metrics
+from cellsynth.evaluation.verdict import verdict_display, verdict_sentence, verdict_table
 
 __all__ = [
     "COLUMNS",
+    "COUNTS",
+    "FAIR",
+    "WITHIN_TYPE",
+    "fair_metrics",
+    "fair_table",
+    "long_frame",
+    "verdict_display",
+    "verdict_sentence",
+    "verdict_table",
     "FLOOR",
     "HONEST",
     "PAPER",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 from anndata import AnnData
 
 from cellsynth.evaluation.protocol import (
@@ -39,7 +40,7 @@ def utility_metrics(
     -------
     pandas.DataFrame
         Rows ``accuracy``, ``precision_macro`` … ``f1_weighted``, ``n_train_real``, ``n_train_extra``
-        with ``cell_type = "all"``, and ``f1`` per test cell type (``cell_type`` = the type).
+        with ``cell_type = "all"``, and ``f1`` and ``support`` (test cells) per test cell type.
     """
     y_train, y_test = cell_labels(train), cell_labels(test)
     if y_train is None or y_test is None:
@@ -63,4 +64,8 @@ def utility_metrics(
             metric, cell_type = "f1", name[3:-1]
         rows.append({"dataset": dataset, "generator": generator, "fold": int(fold), "protocol": UTILITY,
                      "cell_type": cell_type, "metric": metric, "value": float(value)})
+    # Test support of every type: Table 3 shows it, and the verdict leaves rare types out of its call.
+    for cell_type, n in pd.Series(y_test).value_counts().sort_index().items():
+        rows.append({"dataset": dataset, "generator": generator, "fold": int(fold), "protocol": UTILITY,
+                     "cell_type": str(cell_type), "metric": "support", "value": float(n)})
     return long_frame(rows)

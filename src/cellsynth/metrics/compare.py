@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cellsynth.metrics.beyond import c2st_auc, knn_precision_recall, memorization_score
+from cellsynth.metrics.beyond import c2st_auc, c2st_classifier, knn_precision_recall, memorization_score
 from cellsynth.metrics.paper import (
     PAPER_GAMMAS,
     _check_gammas,
@@ -81,6 +81,7 @@ def compare(
     n_splits: int = 5,
     n_threads: int | None = 1,
     mmd_max_cells: int | None = None,
+    small_set_cells: int | None = None,
 ) -> dict[str, float]:
     """Every distribution metric between a real ``reference`` set and a ``candidate`` set.
 
@@ -116,6 +117,9 @@ def compare(
     mmd_max_cells : int, optional
         Both MMDs of a set larger than this use a seeded subsample of it
         (:func:`~cellsynth.metrics.paper.mmd_subsample`); every other metric uses all cells.
+    small_set_cells : int, optional
+        With fewer cells than this in the smaller set the C2ST uses the logistic regression
+        (:func:`~cellsynth.metrics.beyond.c2st_classifier`); ``None``: ``classifier`` at every size.
 
     Returns
     -------
@@ -132,8 +136,9 @@ def compare(
         "mmd_unbiased": mmd_from_sums(kernel_sums, n, m, unbiased=True),
     }
     if c2st:
+        chosen = c2st_classifier(min(len(reference), len(candidate)), classifier, small_set_cells)
         out["c2st_auc"] = c2st_auc(
-            reference, candidate, seed=seed, n_splits=n_splits, classifier=classifier, n_threads=n_threads
+            reference, candidate, seed=seed, n_splits=n_splits, classifier=chosen, n_threads=n_threads
         )
     out.update(knn_precision_recall(reference, candidate, k=k)._asdict())
     if train is not None:

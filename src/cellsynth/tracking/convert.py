@@ -41,6 +41,24 @@ def _metrics_by_generator(frame: pd.DataFrame) -> MetricRows:
     return [(f"eval/{r.generator}/{r.protocol}/{r.metric}", r.value, r.fold) for r in overall.itertuples(index=False)]
 
 
+_VERDICT_QUESTIONS = ("realistic", "structure", "diverse", "not_copying", "useful")
+
+
+def _verdict(frame: pd.DataFrame) -> MetricRows:
+    """One generator × fold verdict row: ``verdict/<question>`` (1 ✓, 0 ✗; absent when not computable)
+    and ``verdict/<question>_value`` (the number the call was made on)."""
+    rows: list[tuple[str, float, int]] = []
+    for record in frame.to_dict("records"):
+        for question in _VERDICT_QUESTIONS:
+            mark = str(record.get(question, ""))
+            if mark in ("✓", "✗"):
+                rows.append((f"verdict/{question}", 1.0 if mark == "✓" else 0.0, 0))
+            value = pd.to_numeric(record.get(f"{question}_value"), errors="coerce")
+            if pd.notna(value):
+                rows.append((f"verdict/{question}_value", float(value), 0))
+    return rows
+
+
 _MARKER_SUMMARY = ("jaccard_top", "unique_recovered", "logfc_spearman")
 _INTERACTION_SUMMARY = ("rmse", "rmse_shared", "rmse_expressed", "jaccard_significant")
 
@@ -81,6 +99,7 @@ METRICS: dict[str, Callable[[Any], MetricRows]] = {
     "training_history": _training_history,
     "long_metrics": _long_metrics,
     "metrics_by_generator": _metrics_by_generator,
+    "verdict": _verdict,
     "marker_preservation": _marker_preservation,
     "interaction_comparison": _interaction_comparison,
     "marker_preservation_by_generator": _marker_preservation_by_generator,
