@@ -9,7 +9,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test lint viz viz-build mlflow bench clean
+.PHONY: install run test lint jupyter viz viz-build mlflow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python requirements/requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements/requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name cellsynth --display-name "Python 3 (cellsynth)" >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +36,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+## make jupyter: JupyterLab on http://127.0.0.1:8888 with the project's kernel "cellsynth" (.venv's python)
+jupyter: $(STAMP)
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name cellsynth --display-name "Python 3 (cellsynth)" >/dev/null
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . \
+	    --MultiKernelManager.default_kernel_name=cellsynth
 
 viz: $(STAMP)
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
