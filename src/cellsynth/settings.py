@@ -20,9 +20,10 @@ warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
+from cellsynth.summary import RunSummaryHook  # noqa: E402
 from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
 
-HOOKS = (RunMatrixHook(), MlflowTrackingHook())
+HOOKS = (RunMatrixHook(), MlflowTrackingHook(), RunSummaryHook())
 
 # kedro-telemetry (pulled in by kedro-viz) must stay silent.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
