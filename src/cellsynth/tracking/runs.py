@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000
 ROLE_TAG = "cellsynth.role"
+#: What MLflow 3's UI reads to open an experiment on its model-training view (runs, metrics) instead
+#: of the GenAI view (traces); set when cellsynth creates or reuses an experiment that has none.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NAMESPACE_TAG = "cellsynth.namespace"
 _UNSAFE_KEY = re.compile(r"[^\w\-. /:]")
 _UNSAFE_NAME = re.compile(r"[^\w\-. /]")
@@ -118,6 +121,8 @@ def start_parent_run(
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    if found is None or EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     run = client.create_run(experiment_id, run_name=run_name, tags={**tags, ROLE_TAG: "parent"})
     _process_run = ActiveRun(tracking_uri, experiment_id, run.info.run_id)
     log_params(_process_run.run_id, params)
