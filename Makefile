@@ -46,8 +46,11 @@ jupyter: $(STAMP)
 viz: $(STAMP)
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
+## make viz-build: a static kedro-viz site in build/ (opened as a file it is a blank page: serve it)
 viz-build: $(STAMP)
 	$(BIN)/kedro viz build
+	@echo "kedro-viz site in build/. Serve it (a page opened from disk stays blank):"
+	@echo "  $(BIN)/python -m http.server 4142 --bind 127.0.0.1 --directory build   # then http://127.0.0.1:4142"
 
 mlflow: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
