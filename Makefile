@@ -53,6 +53,7 @@ viz-build: $(STAMP)
 	@echo "  $(BIN)/python -m http.server 4142 --bind 127.0.0.1 --directory build   # then http://127.0.0.1:4142"
 
 mlflow: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:5000, then 'Model training' (top left) and the experiment cellsynth-<dataset>"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 ## make bench: speed, memory and honest quality of every generator on PBMC3K fold 0 (after make run)

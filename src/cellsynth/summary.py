@@ -58,7 +58,7 @@ def closing_summary(
         lines.append("  models:  data/06_models/<generator>/fold_<k>/ (sample from one: python -m cellsynth sample --help)")
     if experiment is not None:
         where = "" if tracking_uri in (None, "sqlite:///mlflow.db") else f" (store {tracking_uri})"
-        lines.append(f"  MLflow:  make mlflow, then http://127.0.0.1:5000, experiment {experiment}{where}")
+        lines.append(f"  MLflow:  make mlflow, then http://127.0.0.1:5000 > Model training > {experiment}{where}")
     command = next_step(pipeline_names, env)
     if command is not None:
         lines.append(f"  next:    {command}")
