@@ -9,7 +9,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: install run test lint viz viz-build mlflow bench clean
+.PHONY: install run test lint jupyter viz viz-build mlflow bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python requirements/requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements/requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	$(BIN)/python -m pip check
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name cellsynth --display-name "Python 3 (cellsynth)" >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,13 +37,23 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+## make jupyter: JupyterLab on http://127.0.0.1:8888 with the project's kernel "cellsynth" (.venv's python)
+jupyter: $(STAMP)
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name cellsynth --display-name "Python 3 (cellsynth)" >/dev/null
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . \
+	    --MultiKernelManager.default_kernel_name=cellsynth
+
 viz: $(STAMP)
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
+## make viz-build: a static kedro-viz site in build/ (opened as a file it is a blank page: serve it)
 viz-build: $(STAMP)
 	$(BIN)/kedro viz build
+	@echo "kedro-viz site in build/. Serve it (a page opened from disk stays blank):"
+	@echo "  $(BIN)/python -m http.server 4142 --bind 127.0.0.1 --directory build   # then http://127.0.0.1:4142"
 
 mlflow: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:5000, then 'Model training' (top left) and the experiment cellsynth-<dataset>"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 ## make bench: speed, memory and honest quality of every generator on PBMC3K fold 0 (after make run)

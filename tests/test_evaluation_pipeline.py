@@ -27,7 +27,7 @@ def test_pipeline_builds_for_a_run_matrix():
     pipe = create_pipeline(matrix)
     expected = {f"fold_{k}.{n}" for k in (0, 2) for n in FOLD_NODES}
     expected |= {f"{g}.fold_{k}.{n}" for g in ("maf", "train_copy") for k in (0, 2) for n in GENERATOR_NODES}
-    expected |= set(REPORT_NODES) | {f"plot_reference_pca_fold_{k}" for k in (0, 2)}
+    expected |= set(REPORT_NODES) | {f"plot_{f}_fold_{k}" for f in ("reference_pca", "gene_figures") for k in (0, 2)}
     expected |= {f"verdict_of_run_{g}_fold_{k}" for g in ("maf", "train_copy") for k in (0, 2)}
     assert {n.name for n in pipe.nodes} == expected
     by_name = {n.name: n for n in pipe.nodes}
@@ -55,7 +55,7 @@ def test_pipeline_builds_for_a_run_matrix():
     assert unmatched == []
     # without generators: the fold-level nodes and the report still build
     assert {n.name for n in create_pipeline(RunMatrix(folds=(1,), generators=())).nodes} == {
-        f"fold_1.{n}" for n in FOLD_NODES} | set(REPORT_NODES) | {"plot_reference_pca_fold_1"}
+        f"fold_1.{n}" for n in FOLD_NODES} | set(REPORT_NODES) | {"plot_reference_pca_fold_1", "plot_gene_figures_fold_1"}
 
 
 def write_fake_generation_outputs(root: Path, factory, generators: tuple[str, ...]) -> None:
@@ -126,10 +126,13 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
         assert (reporting / f"{name}.csv").is_file() and (reporting / f"{name}.md").is_file()
     table1 = pd.read_csv(reporting / "table1_paper.csv")
     assert list(table1.columns) == ["metric", REAL_TRAIN_VS_TEST, FLOOR, "fake_flow", "train_copy (sanity)"]
-    for figure in ("pca_fold_0", "metrics_vs_floor", "training_curves"):
+    figures = ("pca_fold_0", "umap_fold_0", "gene_statistics_fold_0", "gene_correlations_fold_0",
+               "metrics_vs_floor", "training_curves")
+    for figure in figures:
         assert (reporting / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     report = (reporting / "report.html").read_text(encoding="utf-8")
-    assert report.count("data:image/png;base64,") == 3 and "http" not in report
+    assert report.count("data:image/png;base64,") == len(figures) and "http" not in report
+    assert report.count("Read: ") >= 4  # the new figures and the PCA say how to read them
     assert "Table 1" in report and "Table 3" in report and "real (B vs A floor)" in report
     assert report.index("Verdict") < report.index("Table 1")  # the verdict comes first
     assert "Fair protocol" in report and "skipped: no counts" in report

@@ -104,4 +104,11 @@ def test_generation_runs_one_generator_and_fold_end_to_end(project):
     assert sorted(r.data.tags["kedro.pipelines"] for r in parents) == ["evaluation", "generation"]
     evaluation_run = next(r for r in parents if r.data.tags["kedro.pipelines"] == "evaluation")
     assert {a.path for a in client.list_artifacts(evaluation_run.info.run_id)} >= {"evaluation", "report"}
-    assert "eval/maf/honest/c2st_auc" in evaluation_run.data.metrics
+    # the child run carries the headline metrics once, at the top level; the parent does not repeat them
+    assert set(child.data.metrics) >= {"c2st", "wd", "precision", "recall", "memorisation", "f1_macro"}
+    assert child.data.metrics["c2st"] == child.data.metrics["eval/honest/c2st_auc"]
+    assert not [k for k in child.data.metrics if k.startswith("eval/run/")]  # fit_seconds etc.: logged once
+    assert not [k for k in evaluation_run.data.metrics if k.startswith("eval/")]
+    assert evaluation_run.data.metrics["x_floor/maf/wd"] > 0
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["kedro.env"] == "local"

@@ -279,6 +279,8 @@ class EvaluationFigureSettings(Settings):
     dpi: int = 110
     pca_max_cells: int = 3000
     pca_clip_quantile: float = 0.005
+    umap_max_cells: int = 2000
+    correlation_genes: int = 20
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,11 @@ from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from cellsynth.project_lock import ProjectLockHook  # noqa: E402
 from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
+from cellsynth.summary import RunSummaryHook  # noqa: E402
 from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
 from cellsynth.validation_hook import ParameterValidationHook  # noqa: E402
 
-HOOKS = (RunMatrixHook(), ParameterValidationHook(), ProjectLockHook(), MlflowTrackingHook())
+HOOKS = (RunMatrixHook(), ParameterValidationHook(), ProjectLockHook(), MlflowTrackingHook(), RunSummaryHook())
 
 # kedro-telemetry (pulled in by kedro-viz) must stay silent.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

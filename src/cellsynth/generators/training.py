@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cellsynth.generators.base import EpochCallback, GeneratorError, TrainingHistory, rng_scope
+
+log = logging.getLogger(__name__)
 
 #: Offsets of the fit seed that seed a fit's own torch streams: mini-batch order and fixed noise
 #: draws. Offsets rather than :func:`~cellsynth.generators.base.derive_seed`: the trained weights of
@@ -143,7 +146,16 @@ def train(
     shuffler = seeded_generator(seed, SHUFFLE_STREAM)
     history = TrainingHistory()
     best_val, best_state, best_epoch, stale = math.inf, None, None, 0
-    bar = tqdm(range(settings.epochs), desc=settings.description, disable=not progress, leave=False)
+    stops_early = settings.patience is not None and validate is not None
+    bar = tqdm(
+        range(settings.epochs),
+        desc=settings.description,
+        disable=not progress,
+        leave=False,
+        unit="epoch",
+        # with early stopping the cap is an upper bound: its time left is one too
+        bar_format=progress_format(stops_early),
+    )
     with rng_scope(seed, device):
         for epoch in bar:
             module.train()
@@ -172,7 +184,7 @@ def train(
                     best_state = copy.deepcopy(module.state_dict())
                 else:
                     stale += 1
-            bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("train_loss", "val_loss") if k in metrics})
+            bar.set_postfix(progress_postfix(metrics, best_epoch, stale, settings.patience if stops_early else None))
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
             if settings.patience is not None and validate is not None and stale >= settings.patience:
@@ -182,7 +194,39 @@ def train(
         module.load_state_dict(best_state)
         history.best_epoch = best_epoch
     module.eval()
+    log.info("%s", training_summary(settings, history, best_val))
     return history
+
+
+def progress_format(stops_early: bool) -> str:
+    """tqdm ``bar_format``: epochs of the cap; with early stopping the time left is "at most"."""
+    left = "at most {remaining} left" if stops_early else "{remaining} left"
+    return "{desc}: {n_fmt}/{total_fmt} epochs |{bar:12}| {elapsed}, " + left + "{postfix}"
+
+
+def progress_postfix(
+    metrics: dict[str, float], best_epoch: int | None, stale: int, patience: int | None
+) -> dict[str, str]:
+    """The bar's postfix: losses, and with early stopping the best epoch (1-based) and patience left."""
+    postfix = {k: f"{metrics[k]:.4g}" for k in ("train_loss", "val_loss") if k in metrics}
+    if patience is not None:
+        postfix["best"] = "-" if best_epoch is None else str(best_epoch + 1)
+        postfix["patience"] = f"{patience - stale}/{patience}"
+    return postfix
+
+
+def training_summary(settings: LoopSettings, history: TrainingHistory, best_val: float) -> str:
+    """One line on how training ended and which weights were kept (epochs counted from 1)."""
+    ran = len(history.train_loss)
+    if history.stopped_early:
+        head = f"{settings.description}: stopped at epoch {ran} of {settings.epochs} (patience {settings.patience})"
+    else:
+        head = f"{settings.description}: ran all {ran} of {settings.epochs} epochs"
+    if history.best_epoch is not None:
+        return f"{head}; kept epoch {history.best_epoch + 1}, validation loss {best_val:.4g}"
+    if history.val_loss:
+        return f"{head}; no scored epoch improved on the start, kept the last epoch's weights"
+    return f"{head}; no validation slice, kept the last epoch's weights"
 
 
 def fit_likelihood(

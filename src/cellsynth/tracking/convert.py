@@ -7,12 +7,13 @@ logs the saved file (or model folder) under that artifact folder.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
-from cellsynth.schema import ALL_TYPES
+from cellsynth.schema import ALL_TYPES, REAL_ROWS
 
 MetricRows = Iterable[tuple[str, float, int]]
 
@@ -29,16 +30,59 @@ def _training_history(history: pd.DataFrame) -> MetricRows:
     return [(r.series, r.value, r.epoch) for r in history.itertuples(index=False)]
 
 
+def key_part(name: str) -> str:
+    """A cell-type (or other) name as one stable metric-key part: ``CD14+ Mono`` → ``CD14plus_Mono``.
+
+    ``+`` and ``-`` carry meaning in marker-defined type names (CD14+ vs CD14-), so they become words;
+    runs of anything else MLflow or a column header handles badly become one ``_``.
+    """
+    text = str(name).replace("+", "plus").replace("-", "minus")
+    return re.sub(r"[^0-9A-Za-z_.]+", "_", text).strip("_") or "_"
+
+
+#: The short, stable set of metrics each generator × fold run carries at the top level, so the MLflow
+#: runs table compares generators in a few columns: ``key: (protocol, metric)`` of its overall rows.
+#: (The ratios to the floor exist only once the evaluation collects every fold: the parent run has them,
+#: see :func:`_ratios_by_generator`.)
+HEADLINE_METRICS = {
+    "c2st": ("honest", "c2st_auc"),
+    "wd": ("honest", "wd"),
+    "mmd": ("honest", "mmd"),
+    "precision": ("honest", "precision"),
+    "recall": ("honest", "recall"),
+    "memorisation": ("honest", "memorization"),
+    "f1_macro": ("utility", "f1_macro"),
+    "accuracy": ("utility", "accuracy"),
+}
+#: ``run`` rows repeat what the generation run already logged (``fit_seconds``, ...): not logged again.
+_LOGGED_BY_GENERATION = "run"
+
+
+def _headline(frame: pd.DataFrame) -> MetricRows:
+    overall = frame[frame["cell_type"] == ALL_TYPES].set_index(["protocol", "metric"])["value"]
+    return [(key, float(overall[where]), 0) for key, where in HEADLINE_METRICS.items() if where in overall.index]
+
+
 def _long_metrics(frame: pd.DataFrame) -> MetricRows:
-    """Rows of one generator × fold: ``eval/<protocol>/<metric>[/<cell type>]``."""
-    return [("/".join(["eval", r.protocol, r.metric] + ([] if r.cell_type == ALL_TYPES else [r.cell_type])), r.value, 0)
-            for r in frame.itertuples(index=False)]
+    """Rows of one generator × fold: ``eval/<protocol>/<metric>[/<cell type>]`` (type names by :func:`key_part`)."""
+    frame = frame[frame["protocol"] != _LOGGED_BY_GENERATION]
+    return [("/".join(["eval", r.protocol, r.metric] + ([] if r.cell_type == ALL_TYPES else [key_part(r.cell_type)])),
+             r.value, 0) for r in frame.itertuples(index=False)]
 
 
-def _metrics_by_generator(frame: pd.DataFrame) -> MetricRows:
-    """Every generator's overall rows, for the parent run: ``eval/<generator>/<protocol>/<metric>`` at step fold."""
-    overall = frame[frame["cell_type"] == ALL_TYPES]
-    return [(f"eval/{r.generator}/{r.protocol}/{r.metric}", r.value, r.fold) for r in overall.itertuples(index=False)]
+def _ratios_by_generator(frame: pd.DataFrame) -> MetricRows:
+    """The parent run's comparison of generators: ``x_floor/<generator>/<metric>`` (honest, all types, step
+    = fold), the one thing the generator runs cannot hold (the floor is a fold-level result)."""
+    suffix = "_ratio_to_floor"
+    rows = frame[(frame["cell_type"] == ALL_TYPES) & (frame["protocol"] == "honest")
+                 & frame["metric"].str.endswith(suffix) & ~frame["generator"].isin(REAL_ROWS)]
+    return [(f"x_floor/{key_part(r.generator)}/{r.metric[: -len(suffix)]}", r.value, r.fold)
+            for r in rows.itertuples(index=False)]
+
+
+def _evaluation_of_generator(frame: pd.DataFrame) -> MetricRows:
+    """A generator × fold's evaluation rows: the :data:`HEADLINE_METRICS` it holds, then every row in full."""
+    return [*_headline(frame), *_long_metrics(frame)]
 
 
 _VERDICT_QUESTIONS = ("realistic", "structure", "diverse", "not_copying", "useful")
@@ -98,8 +142,9 @@ METRICS: dict[str, Callable[[Any], MetricRows]] = {
     "generation_record": _generation_metrics,
     "training_history": _training_history,
     "long_metrics": _long_metrics,
-    "metrics_by_generator": _metrics_by_generator,
     "verdict": _verdict,
+    "evaluation_of_generator": _evaluation_of_generator,
+    "ratios_by_generator": _ratios_by_generator,
     "marker_preservation": _marker_preservation,
     "interaction_comparison": _interaction_comparison,
     "marker_preservation_by_generator": _marker_preservation_by_generator,

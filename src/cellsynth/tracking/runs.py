@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
 ROLE_TAG = "cellsynth.role"
+#: What MLflow 3's UI reads to open an experiment on its model-training view (runs, metrics) instead
+#: of the GenAI view (traces); set when cellsynth creates or reuses an experiment that has none.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NAMESPACE_TAG = "cellsynth.namespace"
 PID_TAG = "cellsynth.pid"
 """The process (and ``HOST_TAG`` its machine) that opened a run: a later run closes it if that process is gone."""
@@ -173,6 +176,9 @@ def start_parent_run(
     global _process_run
     client = _client(tracking_uri)
     experiment_id = experiment_id_of(client, experiment)
+    found = client.get_experiment(experiment_id)
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     close_orphaned_runs(client, experiment_id)
     run = client.create_run(experiment_id, run_name=run_name, tags={
         **tags, ROLE_TAG: "parent", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})

@@ -16,6 +16,7 @@ from anndata import AnnData
 
 from cellsynth import evaluation as ev
 from cellsynth.config import DatasetSettings, EvaluationSettings
+from cellsynth.evaluation import gene_figures
 from cellsynth.evaluation.report import evaluation_section
 from cellsynth.metrics import ReferenceSpace
 from cellsynth.reporting.figures import figure_to_image, image_to_png
@@ -89,6 +90,29 @@ def plot_fold_pca(
         seed=settings.seed, max_cells=settings.figures.pca_max_cells, clip_quantile=settings.figures.pca_clip_quantile,
     )
     return figure_to_image(fig, dpi=settings.figures.dpi)
+
+
+def plot_fold_gene_figures(
+    train: AnnData,
+    test: AnnData,
+    reference_space: ReferenceSpace,
+    evaluation: dict[str, Any],
+    *synthetic: AnnData,
+    generators: tuple[str, ...],
+    fold: int,
+):
+    """Real test vs synthetic cells: UMAP by type and origin, per-gene statistics, within-type correlations."""
+    settings = EvaluationSettings.from_params(evaluation)
+    cells = dict(zip(generators, synthetic, strict=True))
+    figures = (
+        gene_figures.plot_umap_real_vs_synthetic(test, cells, reference_space, seed=settings.seed,
+                                                 max_cells=settings.figures.umap_max_cells),
+        gene_figures.plot_gene_statistics(test, cells),
+        gene_figures.plot_gene_correlations(train, test, cells, n_genes=settings.figures.correlation_genes,
+                                            min_cells=settings.min_cells_per_type),
+    )
+    log.info("fold %d: UMAP, gene statistics and correlation figures of %d generators", fold, len(generators))
+    return tuple(figure_to_image(fig, dpi=settings.figures.dpi) for fig in figures)
 
 
 # ----------------------------------------------------------------------------- generator level
@@ -225,10 +249,17 @@ def build_evaluation_section(
     metrics_vs_floor,
     training_curves,
     dataset: dict[str, Any],
-    *pca_figures,
+    *fold_figures,
     folds: tuple[int, ...],
 ) -> str:
-    """The report's evaluation section: the tables, the figures and how to read them."""
+    """The report's evaluation section: the tables, the figures and how to read them.
+
+    ``fold_figures``: the PCA figure of each fold, then the UMAP, gene-statistics and
+    gene-correlation figures of each fold (that order, folds in ``folds`` order).
+    """
+    pca_figures, umaps, gene_stats, correlations = (
+        fold_figures[i * len(folds) : (i + 1) * len(folds)] for i in range(4)
+    )
     name = DatasetSettings.from_params(dataset).name
     generators = [g for g in ev.tables.generator_order(metrics["generator"]) if g not in REAL_ROWS]
     published = []
@@ -261,8 +292,17 @@ def build_evaluation_section(
                "metrics_vs_floor"),
         *(Figure(f"Reference space, fold {k} (the paper's Fig 4)", image_to_png(image),
                  "Grey: training cells, blue: test cells, red: the generator's cells; PC1/PC2 of the "
-                 "PCA fitted on the training cells.", f"pca_fold_{k}")
+                 "PCA fitted on the training cells (axes: % of the training variance). Read: red should cover "
+                 "blue; PC1/PC2 hold a few % of the variance, so the UMAP below shows more.", f"pca_fold_{k}")
           for k, image in zip(folds, pca_figures, strict=True)),
+        *(Figure(title.format(k=k), image_to_png(image), caption, f"{key}_fold_{k}")
+          for title, key, caption, images in (
+              ("Real vs synthetic cells, UMAP, fold {k}", "umap", gene_figures.CAPTIONS["umap"], umaps),
+              ("Per-gene mean, variance and detection rate, fold {k}", "gene_statistics",
+               gene_figures.CAPTIONS["gene_statistics"], gene_stats),
+              ("Gene–gene correlations within a cell type, fold {k}", "gene_correlations",
+               gene_figures.CAPTIONS["gene_correlations"], correlations))
+          for k, image in zip(folds, images, strict=True)),
         Figure("Training curves", image_to_png(training_curves),
                "Per-epoch loss from the training histories (generators without epochs are not shown).",
                "training_curves"),

@@ -13,6 +13,7 @@ from cellsynth.pipelines.evaluation.nodes import (
     fit_reference_space,
     make_tables,
     make_verdict,
+    plot_fold_gene_figures,
     plot_fold_pca,
     plot_metrics_vs_floor,
     plot_training_curves,
@@ -68,6 +69,21 @@ def _verdict_node(name: str, k: int):
          f"{name}.fold_{k}.utility_metrics", "params:evaluation"],
         f"{name}.fold_{k}.verdict",
         name=f"verdict_of_run_{name}_fold_{k}",
+    )
+
+
+#: The fold-level figures of real test vs synthetic cells (catalog ``fold_<k>.<name>``).
+GENE_FIGURES = ("umap_figure", "gene_statistics_figure", "gene_correlation_figure")
+
+
+def _gene_figures_node(k: int, generators: tuple[str, ...]):
+    """Reporting node, outside ``fold_<k>`` for the same reason as :func:`_pca_figure_node`."""
+    return node(
+        bind(plot_fold_gene_figures, generators=tuple(generators), fold=k),
+        [f"fold_{k}.train", f"fold_{k}.test", f"fold_{k}.reference_space", "params:evaluation",
+         *[f"{g}.fold_{k}.synthetic" for g in generators]],
+        [f"fold_{k}.{name}" for name in GENE_FIGURES],
+        name=f"plot_gene_figures_fold_{k}",
     )
 
 
@@ -137,6 +153,7 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
             node(collect_metrics, frames, "evaluation_metrics", name="collect_metrics"),
             *(_pca_figure_node(k, generators) for k in folds),
             *(_verdict_node(g, k) for g in generators for k in folds),
+            *(_gene_figures_node(k, generators) for k in folds),
             node(summarise_metrics, "evaluation_metrics", "evaluation_summary", name="summarise_metrics"),
             node(make_tables, ["evaluation_metrics", "params:evaluation"], tables, name="make_tables"),
             node(make_verdict, ["evaluation_metrics", "params:evaluation"], ["verdict", "verdict_md"],
@@ -148,7 +165,8 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
             node(
                 bind(build_evaluation_section, folds=folds),
                 ["evaluation_metrics", "verdict", *tables[0::2], "metrics_vs_floor_figure", "training_curves_figure",
-                 "params:dataset", *[f"fold_{k}.pca_figure" for k in folds]],
+                 "params:dataset", *[f"fold_{k}.pca_figure" for k in folds],
+                 *[f"fold_{k}.{name}" for name in GENE_FIGURES for k in folds]],
                 "evaluation_section",
                 name="build_evaluation_section",
             ),

@@ -1,0 +1,97 @@
+"""The closing lines of a ``kedro run``: where the outputs are, how to look at them, what to run next.
+
+:class:`RunSummaryHook` logs them once the pipeline has finished (``after_pipeline_run``), so a user
+who only reads the end of the terminal knows where the report is, which command opens MLflow, and
+which pipeline comes next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from cellsynth.config import TrackingSettings
+
+log = logging.getLogger(__name__)
+
+#: What each pipeline leaves for the next step, in the order a user runs them.
+NEXT_PIPELINE = {
+    "preprocessing": ("splitting", "folds and HVGs"),
+    "splitting": ("generation", "train the generators"),
+    "generation": ("evaluation", "metrics, tables, figures and the report"),
+    "evaluation": ("downstream", "marker genes and cell-cell interactions in the report"),
+}
+
+
+def next_step(pipeline_names: Iterable[str], env: str | None) -> str | None:
+    """The command of the pipeline after the last one that ran (``None`` after ``downstream`` or all)."""
+    names = [name for name in pipeline_names if name in NEXT_PIPELINE or name in ("downstream", "__default__")]
+    if not names or any(name in ("downstream", "__default__") for name in names):
+        return None
+    order = list(NEXT_PIPELINE)
+    following, what = NEXT_PIPELINE[max(names, key=order.index)]
+    env_option = f" --env {env}" if env and env != "local" else ""
+    return f"kedro run --pipelines {following}{env_option}   ({what})"
+
+
+def closing_summary(
+    *,
+    pipeline_names: Iterable[str],
+    env: str | None,
+    report: Path | None,
+    report_written: bool,
+    experiment: str | None,
+    tracking_uri: str | None,
+) -> str:
+    """The lines :class:`RunSummaryHook` logs (plain text, one item per line)."""
+    pipeline_names = list(pipeline_names)
+    lines = [f"kedro run --pipelines {','.join(pipeline_names)} finished."]
+    if report is not None and report_written:
+        lines.append(f"  report:  {report} (open it in a browser)")
+    elif report is not None and report.exists():
+        lines.append(f"  report:  {report} (not rebuilt by this run: evaluation and downstream rebuild it)")
+    if "generation" in pipeline_names or "__default__" in pipeline_names:
+        lines.append("  models:  data/06_models/<generator>/fold_<k>/ (sample from one: python -m cellsynth sample --help)")
+    if experiment is not None:
+        where = "" if tracking_uri in (None, "sqlite:///mlflow.db") else f" (store {tracking_uri})"
+        lines.append(f"  MLflow:  make mlflow, then http://127.0.0.1:5000 > Model training > {experiment}{where}")
+    command = next_step(pipeline_names, env)
+    if command is not None:
+        lines.append(f"  next:    {command}")
+    return "\n".join(lines)
+
+
+class RunSummaryHook:
+    """Logs :func:`closing_summary` after every successful ``kedro run``."""
+
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._params = dict(context.params)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        pipeline_names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        report = None
+        if "report" in catalog:
+            described = catalog.get("report")._describe()
+            report = Path(str(described.get("filepath"))) if described.get("filepath") else None
+        tracking = TrackingSettings.from_params(self._params.get("tracking"))
+        dataset_name = (self._params.get("dataset") or {}).get("name")
+        log.info(
+            "%s",
+            closing_summary(
+                pipeline_names=pipeline_names,
+                env=run_params.get("env"),
+                report=report,
+                report_written="report" in pipeline.all_outputs(),
+                experiment=f"{tracking.experiment_prefix}-{dataset_name}" if tracking.enabled else None,
+                tracking_uri=tracking.tracking_uri,
+            ),
+        )
