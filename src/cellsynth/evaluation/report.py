@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cellsynth.reporting.html import Figure, Table, section
-from cellsynth.reporting.html import _table_html as table_html  # the verdict goes above the how-to-read text
+from cellsynth.reporting.html import Figure, Table, section, table_html
 
 __all__ = ["HOW_TO_READ", "SECTION_ID", "SECTION_TITLE", "evaluation_section"]
 

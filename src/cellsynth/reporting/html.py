@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["CSS", "MISSING_VALUE", "Figure", "Table", "missing_section", "page", "section", "section_dataset"]
+__all__ = ["CSS", "MISSING_VALUE", "Figure", "Table", "missing_section", "page", "section", "section_dataset", "table_html"]
 
 MISSING_VALUE = "—"
 """How a missing or non-finite table value is shown."""
@@ -94,7 +94,8 @@ def _cell(value: Any, float_format: str) -> str:
     return str(value)
 
 
-def _table_html(item: Table) -> str:
+def table_html(item: Table) -> str:
+    """One table as HTML: its title (with the anchor), the cells escaped, the notes under it."""
     def tag(name: str, column: int, text: str) -> str:
         label = ' class="label"' if column < item.label_columns else ""
         return f"<{name}{label}>{_escape(text)}</{name}>"
@@ -157,7 +158,7 @@ def section(
         f'<ul class="facts">{facts_html}</ul>' if facts_html else "",
         f'<p class="contents">{contents}</p>' if contents else "",
         intro_html.strip(),
-        *(_table_html(t) for t in tables),
+        *(table_html(t) for t in tables),
         *(_figure_html(f) for f in figures),
         "</section>",
     ]
