@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cellsynth.data.preprocess import normalise
 from cellsynth.generators import GENERATORS, Generator, GeneratorError, PerTypeGenerator
 
 # Small, fast hyperparameters per generator (one epoch where a model has epochs).
@@ -28,12 +29,28 @@ TINY: dict[str, dict] = {
     "gene_shuffle": {},
     "class_gaussian_pca": {"n_components": 10},
     "smote": {"k_neighbors": 3},
+    "flow_matching": {"hidden_features": 16, "hidden_layers": 1, "epochs": 1, "batch_size": 32,
+                      "integration_steps": 4, "patience": None},
+    "scvi": {"n_latent": 3, "n_hidden": 16, "epochs": 2, "batch_size": 32, "patience": None},
+    "nb_latent_flow": {"n_latent": 3, "n_hidden": 16, "epochs": 2, "batch_size": 32, "patience": None,
+                       "prior_params": {"hidden_features": 16, "epochs": 1, "integration_steps": 4, "patience": None}},
+    "nb_latent_maf": {"n_latent": 3, "n_hidden": 16, "epochs": 2, "batch_size": 32, "patience": None,
+                      "prior_params": {"hidden_features": 16, "epochs": 1, "patience": None}},
+    "nb_latent_moe": {"n_latent": 4, "n_hidden": 16, "epochs": 2, "batch_size": 32, "patience": None,
+                      "prior_params": {"n_blocks": 1, "n_tokens": 2, "d_model": 8, "n_heads": 2, "gate_hidden": 8,
+                                       "coupling_hidden": 8, "maf_hidden": 16, "mask_hidden": 8, "epochs": 1,
+                                       "patience": None}},
 }
 
 
 @pytest.fixture(scope="module")
-def adata(tiny_adata_factory):
-    return tiny_adata_factory(n_cells=120, n_genes=24, n_types=3, seed=1)
+def adata(counts_factory):
+    """Log-normalised cells as the preprocessing writes them: ``X`` dense, the raw counts in
+    ``layers["counts"]``, library sizes in ``obs["total_counts"]`` (the count generators read them)."""
+    cells = normalise(counts_factory(n_cells=120, n_genes=24, n_types=3, seed=1), target_sum=1e4)
+    cells.X = cells.X.toarray()
+    cells.obs["total_counts"] = np.asarray(cells.layers["counts"].sum(axis=1)).ravel()
+    return cells
 
 
 def test_every_generator_has_a_tiny_preset():
@@ -114,6 +131,13 @@ def test_fit_sample_save_load(name, adata, tmp_path):
     if model.conditional:
         assert synth.obs["cell_type"].value_counts().to_dict() == {"type_0": 5, "type_2": 7, "type_1": 0}
 
+    if model.models_counts:
+        counts = synth.layers["counts"].toarray()
+        assert counts.dtype == np.int32 and (counts >= 0).all()
+        np.testing.assert_array_equal(synth.X > 0, counts > 0)  # X is the counts, log-normalised
+        # normalised to the whole library (all genes), of which these genes hold at most 1e4
+        assert (np.expm1(synth.X.astype(np.float64)).sum(axis=1) <= 1e4 * (1 + 1e-4)).all()
+
     unconditional = model.sample(20, seed=5)
     assert unconditional.n_obs == 20
 
@@ -122,6 +146,8 @@ def test_fit_sample_save_load(name, adata, tmp_path):
     assert type(restored) is cls
     again = restored.sample(12, cell_types=request, seed=11)
     np.testing.assert_allclose(again.X, synth.X, rtol=1e-5, atol=1e-5)
+    if model.models_counts:
+        assert (again.layers["counts"] != synth.layers["counts"]).nnz == 0
     np.testing.assert_array_equal(again.obs["cell_type"].astype(str), synth.obs["cell_type"].astype(str))
 
 

@@ -248,7 +248,8 @@ class SplittingSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings(Settings):
     block: ClassVar[str] = "generation"
-    generators: tuple[str, ...] = ("maf", "moe", "smote", "train_copy", "gene_shuffle", "class_gaussian_pca")
+    generators: tuple[str, ...] = ("nb_latent_flow", "nb_latent_maf", "nb_latent_moe", "scvi", "maf", "moe", "smote",
+                                   "train_copy", "gene_shuffle", "class_gaussian_pca")
     strategy: Literal["conditional", "per_type"] = "conditional"
     preset: str = "default"
     seed: int = 0

@@ -14,9 +14,12 @@ from cellsynth.generators.baselines import (
     TrainCopyGenerator,
 )
 from cellsynth.generators.counts import matched_counts, q3_upsample_counts
+from cellsynth.generators.flow_matching import FlowMatchingGenerator
+from cellsynth.generators.latent_flow import NBLatentFlowGenerator, NBLatentMAFGenerator, NBLatentMOEGenerator
 from cellsynth.generators.maf import MAFGenerator
 from cellsynth.generators.moe import MOEGenerator
 from cellsynth.generators.per_type import PerTypeGenerator
+from cellsynth.generators.scvi_vae import ScviGenerator
 from cellsynth.generators.sdv_models import CTGANGenerator, GaussianCopulaGenerator, TVAEGenerator
 from cellsynth.generators.smote import SMOTEGenerator
 
@@ -33,6 +36,11 @@ GENERATORS: dict[str, type[Generator]] = {
         GeneShuffleGenerator,
         ClassGaussianPCAGenerator,
         SMOTEGenerator,
+        ScviGenerator,
+        NBLatentFlowGenerator,
+        NBLatentMAFGenerator,
+        NBLatentMOEGenerator,
+        FlowMatchingGenerator,
     )
 }
 

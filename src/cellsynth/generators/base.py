@@ -11,10 +11,13 @@ Subclasses implement four hooks on plain numpy arrays:
     of the expression matrix, owned by the generator: ``_fit`` may transform it in place or keep it
     as state, and should not make another full copy (the evaluation of a 50k-cell fold would hold
     several gigabytes).
-``_sample(labels, seed) -> np.ndarray``
+``_sample(labels, seed) -> np.ndarray | tuple[np.ndarray, np.ndarray]``
     One row per requested code. Conditional models honour the codes; unconditional ones
     (``conditional = False``) ignore them and the base class labels their cells with a k-NN
-    classifier fitted on the training cells (``obs["label_source"] == "knn"``).
+    classifier fitted on the training cells (``obs["label_source"] == "knn"``). Models of raw
+    counts (:class:`~cellsynth.generators.count_space.CountGenerator`) return ``(X, counts)``: the
+    cells in the input's space and the integer counts they were normalised from, which
+    :meth:`Generator.sample` writes to ``layers["counts"]``.
 ``_save_state(directory)`` / ``_load_state(directory)``
     Weights and fitted state; hyperparameters and the fitted metadata are saved by the base class.
 
@@ -46,7 +49,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from cellsynth.schema import LABEL_KEY
+from cellsynth.schema import COUNTS_LAYER, LABEL_KEY
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """Called after every epoch with the epoch index and its metrics (e.g. ``{"train_loss": ...}``)."""
@@ -233,6 +236,8 @@ class Generator(ABC):
     #: Whether ``_sample`` honours the requested cell types. Instances may override it
     #: (e.g. a flow built without a context).
     conditional: bool = True
+    #: Whether the model learns raw counts (``layers["counts"]``) and writes sampled counts next to ``X``.
+    models_counts: ClassVar[bool] = False
     #: Every subclass that sets ``name``, by that name (what ``save`` writes and ``load`` reads).
     registry: ClassVar[dict[str, type[Generator]]] = {}
 
@@ -308,7 +313,8 @@ class Generator(ABC):
         -------
         AnnData with ``X`` (float32, cells × genes, same ``var_names`` as the training data),
         ``obs[label_key]`` (categorical, training categories), ``obs["synthetic"] = True``,
-        ``obs["generator"]`` and ``obs["label_source"]`` (``"conditioned"`` or ``"knn"``).
+        ``obs["generator"]`` and ``obs["label_source"]`` (``"conditioned"`` or ``"knn"``); models of
+        raw counts also write the sampled integer counts to ``layers["counts"]`` (CSR, int32).
         """
         if not self.is_fitted:
             raise GeneratorError(f"{self.name}: call fit() before sample()")
@@ -316,11 +322,15 @@ class Generator(ABC):
         if n_cells < 0:
             raise GeneratorError(f"{self.name}: n_cells must be >= 0, got {n_cells}")
         codes = self._requested_codes(n_cells, cell_types, seed)
+        counts = None
         if n_cells == 0:
             X = np.zeros((0, len(self.var_names_)), dtype=np.float32)
         else:
             with rng_scope():
-                X = np.asarray(self._sample(codes, seed=seed), dtype=np.float32)
+                drawn = self._sample(codes, seed=seed)
+            if isinstance(drawn, tuple):
+                drawn, counts = drawn
+            X = np.asarray(drawn, dtype=np.float32)
         if X.shape != (n_cells, len(self.var_names_)):
             raise RuntimeError(f"{self.name}: sampled shape {X.shape}, expected {(n_cells, len(self.var_names_))}")
         if self.nonnegative_:
@@ -339,7 +349,10 @@ class Generator(ABC):
             },
             index=[f"{self.name}_{i}" for i in range(n_cells)],
         )
-        return AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(self.var_names_)))
+        cells = AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(self.var_names_)))
+        if counts is not None:
+            cells.layers[COUNTS_LAYER] = sp.csr_matrix(np.asarray(counts, dtype=np.int32))
+        return cells
 
     def save(self, directory: str | Path) -> None:
         """Write hyperparameters (``generator.json``) and fitted state into ``directory``."""
@@ -410,6 +423,15 @@ class Generator(ABC):
 
     # ------------------------------------------------------------------ helpers
     def _training_arrays(self, adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
+        labels = self._training_labels(adata)
+        X = dense_float32(adata.X, copy=True)  # the fit's own copy (see the module docstring)
+        if not all(np.isfinite(X[rows]).all() for rows in row_blocks(len(X))):
+            raise GeneratorError(f"{self.name}: the expression matrix holds NaN or infinite values")
+        self.nonnegative_ = bool(X.min() >= 0)
+        return X, labels
+
+    def _training_labels(self, adata: AnnData) -> np.ndarray:
+        """The cell-type codes of ``adata``; records the genes, types and type sizes of the fit."""
         if self.label_key not in adata.obs:
             raise GeneratorError(
                 f"{self.name}: label column {self.label_key!r} not in obs "
@@ -417,9 +439,6 @@ class Generator(ABC):
             )
         if adata.n_obs < 2 or adata.n_vars < 1:
             raise GeneratorError(f"{self.name}: need at least 2 cells and 1 gene, got {adata.shape}")
-        X = dense_float32(adata.X, copy=True)  # the fit's own copy (see the module docstring)
-        if not all(np.isfinite(X[rows]).all() for rows in row_blocks(len(X))):
-            raise GeneratorError(f"{self.name}: the expression matrix holds NaN or infinite values")
         raw_labels = adata.obs[self.label_key]
         if raw_labels.isna().any():
             raise GeneratorError(f"{self.name}: {int(raw_labels.isna().sum())} cells have no label")
@@ -427,8 +446,7 @@ class Generator(ABC):
         self.var_names_ = [str(g) for g in adata.var_names]
         self.cell_types_ = [str(c) for c in categories.categories]
         self.type_counts_ = np.bincount(categories.codes, minlength=len(self.cell_types_)).tolist()
-        self.nonnegative_ = bool(X.min() >= 0)
-        return X, categories.codes.astype(np.int64)
+        return categories.codes.astype(np.int64)
 
     def _requested_codes(
         self, n_cells: int, cell_types: Sequence[str] | Mapping[str, int] | None, seed: int

@@ -47,6 +47,11 @@ class PerTypeParams:
             _generator_class(self.generator) is not None,
             f"unknown generator {self.generator!r}; registered: {sorted(_models())}",
         )
+        check.require(
+            not _generator_class(self.generator).models_counts,
+            f"{self.generator} models raw counts and is conditioned on cell type already: "
+            "use it directly (generation.strategy: conditional), not one model per type",
+        )
         # Validates the sub-model hyperparameters now, not after the first type has been trained.
         _generator_class(self.generator)(**dict(self.params))
         object.__setattr__(self, "params", dict(self.params))
