@@ -46,7 +46,9 @@ jupyter: $(STAMP)
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . $(ALLOW_ROOT) \
 	    --MultiKernelManager.default_kernel_name=cellsynth
 
+## make viz: kedro-viz; datasets hidden (the structure: one node per generator) at the second address
 viz: $(STAMP)
+	@echo "kedro-viz: http://127.0.0.1:4141 (structure only: http://127.0.0.1:4141/?pid=__default__&types=nodes)"
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
 ## make viz-build: a static kedro-viz site in build/ (opened as a file it is a blank page: serve it)
