@@ -324,9 +324,11 @@ def proxied_artifacts_folder(client, run_id: str) -> Path | None:
     in ``<artifacts root>/<path>`` (:func:`artifacts_root`), the folder ``mlflow ui`` serves them from.
     ``None`` for any other run (MLflow's client stores its artifacts)."""
     root = artifacts_root(client.tracking_uri)
+    if root is None:
+        return None
     uri = client.get_run(run_id).info.artifact_uri
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme != PROXIED_SCHEME or root is None:
+    if parsed.scheme != PROXIED_SCHEME:
         return None
     relative = Path(urllib.parse.unquote(parsed.path.lstrip("/")))
     if relative.is_absolute() or ".." in relative.parts:
