@@ -123,9 +123,11 @@ class RunSummaryHook:
         of store (a server may be slow to answer, and its UI lives elsewhere) or if it cannot be read."""
         from cellsynth.tracking import runs
 
+        if experiment is None:
+            return None
         uri = runs.resolve_tracking_uri(configured_uri, self._project_path)
         store = runs.sqlite_store_path(uri)
-        if experiment is None or store is None or not store.is_file():
+        if store is None or not store.is_file():
             return None
         try:
             found = runs.find_experiment(uri, experiment)
