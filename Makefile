@@ -37,13 +37,18 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# Jupyter refuses to start as root (a container, CI) without --allow-root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 ## make jupyter: JupyterLab on http://127.0.0.1:8888 with the project's kernel "cellsynth" (.venv's python)
 jupyter: $(STAMP)
 	$(BIN)/python -m ipykernel install --prefix $(VENV) --name cellsynth --display-name "Python 3 (cellsynth)" >/dev/null
-	$(BIN)/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . \
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port 8888 --no-browser --notebook-dir . $(ALLOW_ROOT) \
 	    --MultiKernelManager.default_kernel_name=cellsynth
 
+## make viz: kedro-viz; datasets hidden (the structure: one node per generator) at the second address
 viz: $(STAMP)
+	@echo "kedro-viz: http://127.0.0.1:4141 (structure only: http://127.0.0.1:4141/?pid=__default__&types=nodes)"
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
 ## make viz-build: a static kedro-viz site in build/ (opened as a file it is a blank page: serve it)
@@ -52,9 +57,11 @@ viz-build: $(STAMP)
 	@echo "kedro-viz site in build/. Serve it (a page opened from disk stays blank):"
 	@echo "  $(BIN)/python -m http.server 4142 --bind 127.0.0.1 --directory build   # then http://127.0.0.1:4142"
 
+## make mlflow: the UI on the project's store; artifacts from mlartifacts/ (experiments record them relative to it)
 mlflow: $(STAMP)
-	@echo "MLflow UI: http://127.0.0.1:5000, then 'Model training' (top left) and the experiment cellsynth-<dataset>"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@echo "MLflow UI: open the link that kedro run printed last, or http://127.0.0.1:5000 > 'Model training' (top left) > cellsynth-<dataset>"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+	    --host 127.0.0.1 --port 5000
 
 ## make bench: speed, memory and honest quality of every generator on PBMC3K fold 0 (after make run)
 bench: $(STAMP)

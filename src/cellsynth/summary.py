@@ -18,6 +18,9 @@ from cellsynth.config import TrackingSettings
 
 log = logging.getLogger(__name__)
 
+#: Where ``make mlflow`` serves the UI.
+MLFLOW_UI = "http://127.0.0.1:5000"
+
 #: What each pipeline leaves for the next step, in the order a user runs them.
 NEXT_PIPELINE = {
     "preprocessing": ("splitting", "folds and HVGs"),
@@ -38,6 +41,16 @@ def next_step(pipeline_names: Iterable[str], env: str | None) -> str | None:
     return f"kedro run --pipelines {following}{env_option}   ({what})"
 
 
+def runs_table_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
+    """The MLflow UI page of an experiment's runs table.
+
+    MLflow 3.17 opens every experiment on its GenAI view (traces) unless the browser last chose
+    "Model training" or the address says ``workflowType=machine_learning``; the experiment's
+    ``mlflow.experimentKind`` tag is not what it reads for that.
+    """
+    return f"{ui}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def closing_summary(
     *,
     pipeline_names: Iterable[str],
@@ -46,8 +59,10 @@ def closing_summary(
     report_written: bool,
     experiment: str | None,
     tracking_uri: str | None,
+    experiment_id: str | None = None,
 ) -> str:
-    """The lines :class:`RunSummaryHook` logs (plain text, one item per line)."""
+    """The lines :class:`RunSummaryHook` logs (plain text, one item per line); with ``experiment_id``
+    the MLflow line links the experiment's runs table (:func:`runs_table_url`)."""
     pipeline_names = list(pipeline_names)
     lines = [f"kedro run --pipelines {','.join(pipeline_names)} finished."]
     if report is not None and report_written:
@@ -58,7 +73,10 @@ def closing_summary(
         lines.append("  models:  data/06_models/<generator>/fold_<k>/ (sample from one: python -m cellsynth sample --help)")
     if experiment is not None:
         where = "" if tracking_uri in (None, "sqlite:///mlflow.db") else f" (store {tracking_uri})"
-        lines.append(f"  MLflow:  make mlflow, then http://127.0.0.1:5000 > Model training > {experiment}{where}")
+        if experiment_id is not None:
+            lines.append(f"  MLflow:  make mlflow, then {runs_table_url(experiment_id)}   ({experiment}{where})")
+        else:
+            lines.append(f"  MLflow:  make mlflow, then {MLFLOW_UI} > Model training > {experiment}{where}")
     command = next_step(pipeline_names, env)
     if command is not None:
         lines.append(f"  next:    {command}")
@@ -70,10 +88,12 @@ class RunSummaryHook:
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
+        self._project_path: Path | None = None
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._params = dict(context.params)
+        self._project_path = Path(context.project_path)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -84,6 +104,7 @@ class RunSummaryHook:
             report = Path(str(described.get("filepath"))) if described.get("filepath") else None
         tracking = TrackingSettings.from_params(self._params.get("tracking"))
         dataset_name = (self._params.get("dataset") or {}).get("name")
+        experiment = f"{tracking.experiment_prefix}-{dataset_name}" if tracking.enabled else None
         log.info(
             "%s",
             closing_summary(
@@ -91,7 +112,26 @@ class RunSummaryHook:
                 env=run_params.get("env"),
                 report=report,
                 report_written="report" in pipeline.all_outputs(),
-                experiment=f"{tracking.experiment_prefix}-{dataset_name}" if tracking.enabled else None,
+                experiment=experiment,
                 tracking_uri=tracking.tracking_uri,
+                experiment_id=self._experiment_id(experiment, tracking.tracking_uri),
             ),
         )
+
+    def _experiment_id(self, experiment: str | None, configured_uri: str) -> str | None:
+        """The id of ``experiment`` in the run's SQLite store; ``None`` without tracking, for another kind
+        of store (a server may be slow to answer, and its UI lives elsewhere) or if it cannot be read."""
+        from cellsynth.tracking import runs
+
+        if experiment is None:
+            return None
+        uri = runs.resolve_tracking_uri(configured_uri, self._project_path)
+        store = runs.sqlite_store_path(uri)
+        if store is None or not store.is_file():
+            return None
+        try:
+            found = runs.find_experiment(uri, experiment)
+        except Exception as error:  # the summary never fails a finished run
+            log.debug("MLflow experiment %r not read for the summary: %s", experiment, error)
+            return None
+        return found.experiment_id if found is not None else None

@@ -6,6 +6,12 @@ attached there for one thread (:func:`attached_run`). A child run is keyed on a 
 (``maf.fold_0``): it is created the first time something of that namespace is logged, and a later
 ``kedro run`` (evaluation after generation) logs into the newest run of the same namespace.
 Every call here goes through :class:`mlflow.MlflowClient`; nothing touches MLflow's global state.
+
+Artifact locations are relative: an experiment that cellsynth creates in a SQLite store records
+``mlflow-artifacts:/<experiment>`` (not MLflow's default, an absolute ``file://`` path), and its
+artifacts are written to ``mlartifacts/`` beside the store, which is where ``mlflow ui`` started
+next to the store (its default ``--artifacts-destination ./mlartifacts``) serves them from. A project
+moved with its ``mlflow.db`` and ``mlartifacts/`` reads its artifacts in the new place.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import math
 import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +36,9 @@ log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 5000
 ROLE_TAG = "cellsynth.role"
-#: What MLflow 3's UI reads to open an experiment on its model-training view (runs, metrics) instead
-#: of the GenAI view (traces); set when cellsynth creates or reuses an experiment that has none.
+#: The experiment type of MLflow 3 ("Machine learning", not "GenAI apps & agents"), set when cellsynth
+#: creates or reuses an experiment that has none. MLflow 3.17's UI picks the view from its global
+#: GenAI / Model training switch or the address instead (``summary.runs_table_url``).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 NAMESPACE_TAG = "cellsynth.namespace"
 PID_TAG = "cellsynth.pid"
@@ -37,6 +46,9 @@ PID_TAG = "cellsynth.pid"
 HOST_TAG = "cellsynth.host"
 END_REASON_TAG = "cellsynth.end_reason"
 """Why a run ended other than FINISHED: the error message, the signal, or the process found gone."""
+#: The folder beside a SQLite store that holds its ``mlflow-artifacts:`` artifacts (``mlflow ui``'s default).
+ARTIFACTS_FOLDER = "mlartifacts"
+PROXIED_SCHEME = "mlflow-artifacts"
 _UNSAFE_KEY = re.compile(r"[^\w\-. /:]")
 _UNSAFE_NAME = re.compile(r"[^\w\-. /]")
 
@@ -125,14 +137,42 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def sqlite_store_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``None`` for any other store)."""
+    prefix = "sqlite:///"
+    return Path(urllib.parse.unquote(tracking_uri[len(prefix):])) if tracking_uri.startswith(prefix) else None
+
+
+def artifacts_root(tracking_uri: str) -> Path | None:
+    """Where the ``mlflow-artifacts:`` artifacts of a SQLite store lie: ``mlartifacts/`` beside it."""
+    store = sqlite_store_path(tracking_uri)
+    return store.parent / ARTIFACTS_FOLDER if store is not None else None
+
+
+def experiment_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """The artifact location to create ``experiment`` with: ``mlflow-artifacts:/<experiment>``, relative
+    to the artifacts root, for a SQLite store; ``None`` (the server decides) for any other store."""
+    if sqlite_store_path(tracking_uri) is None:
+        return None
+    return f"{PROXIED_SCHEME}:/{urllib.parse.quote(experiment, safe='')}"
+
+
+def find_experiment(tracking_uri: str, experiment: str):
+    """The MLflow experiment named ``experiment`` in ``tracking_uri`` (``None`` if there is none)."""
+    return _client(tracking_uri).get_experiment_by_name(experiment)
+
+
 def experiment_id_of(client, experiment: str) -> str:
-    """The id of ``experiment``, created if needed; another process creating it at the same moment
-    (a ``UNIQUE constraint failed`` here) is read back rather than failing."""
+    """The id of ``experiment``, created if needed (tagged as a model-training experiment, with a
+    relative artifact location: :func:`experiment_artifact_location`); another process creating it
+    at the same moment (a ``UNIQUE constraint failed`` here) is read back rather than failing."""
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(experiment)
+        return client.create_experiment(
+            experiment, artifact_location=experiment_artifact_location(client.tracking_uri, experiment),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:
         found = client.get_experiment_by_name(experiment)
         if found is None:
@@ -278,11 +318,38 @@ def log_metrics(run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
         client.log_batch(run_id, metrics=batch)
 
 
+def proxied_artifacts_folder(client, run_id: str) -> Path | None:
+    """Where the artifacts of ``run_id`` lie when MLflow's client cannot write them itself: a run whose
+    artifact URI is ``mlflow-artifacts:/<path>`` in a SQLite store (no server to proxy it) keeps them
+    in ``<artifacts root>/<path>`` (:func:`artifacts_root`), the folder ``mlflow ui`` serves them from.
+    ``None`` for any other run (MLflow's client stores its artifacts)."""
+    root = artifacts_root(client.tracking_uri)
+    if root is None:
+        return None
+    uri = client.get_run(run_id).info.artifact_uri
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != PROXIED_SCHEME:
+        return None
+    relative = Path(urllib.parse.unquote(parsed.path.lstrip("/")))
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"artifact URI {uri!r} of run {run_id} leaves the artifacts folder {root}")
+    return root / relative
+
+
 def log_artifact(run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
-    """A file or a whole folder as an artifact of ``run_id``."""
+    """A file or a whole folder as an artifact of ``run_id`` (in :func:`proxied_artifacts_folder` if it has one)."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
     client = _client(active_run().tracking_uri)
+    folder = proxied_artifacts_folder(client, run_id)
+    if folder is not None:
+        repository = LocalArtifactRepository(str(folder))
+        log_folder, log_file = repository.log_artifacts, repository.log_artifact
+    else:
+        log_folder = functools.partial(client.log_artifacts, run_id)
+        log_file = functools.partial(client.log_artifact, run_id)
     local_path = Path(local_path)
     if local_path.is_dir():
-        client.log_artifacts(run_id, str(local_path), artifact_path)
+        log_folder(str(local_path), artifact_path)
     elif local_path.is_file():
-        client.log_artifact(run_id, str(local_path), artifact_path)
+        log_file(str(local_path), artifact_path)
