@@ -146,7 +146,7 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
 
     for fold in (0, 1):
         for mode in ("synthetic", "upsample"):
-            relative = Path("data/07_model_output") / GENERATOR / f"fold_{fold}" / f"{mode}.h5ad"
+            relative = Path("data/07_model_output/subset") / GENERATOR / f"fold_{fold}" / f"{mode}.h5ad"
             expected, got = ad.read_h5ad(sequential / relative), ad.read_h5ad(distributed / relative)
             assert got.n_obs > 0
             np.testing.assert_array_equal(got.X, expected.X)
@@ -174,7 +174,7 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.info.status == "FINISHED"
         assert "fit_seconds" in child.data.metrics
-        cells = ad.read_h5ad(distributed / "data/07_model_output" / GENERATOR / f"fold_{fold}" / "synthetic.h5ad")
+        cells = ad.read_h5ad(distributed / "data/07_model_output/subset" / GENERATOR / f"fold_{fold}" / "synthetic.h5ad")
         assert child.data.tags["cellsynth.namespace"] == f"{GENERATOR}.fold_{fold}"
         assert "mlflow_run_id" not in cells.uns["cellsynth"]  # no run id inside the scientific output
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["checkpoint"]

@@ -81,12 +81,12 @@ def _write_fold(root: Path, generators: tuple[str, ...]) -> None:
     cells.X = sp.csr_matrix(cells.X, dtype=np.float32)
     test_rows = rng.random(cells.n_obs) < 0.3
     train, test = cells[~test_rows].copy(), cells[test_rows].copy()
-    folder = root / "data" / "05_model_input" / "fold_0"
+    folder = root / "data" / "05_model_input" / "pbmc3k" / "fold_0"
     folder.mkdir(parents=True)
     train.write_h5ad(folder / "train.h5ad")
     test.write_h5ad(folder / "test.h5ad")
     for name in generators:
-        out = root / "data" / "07_model_output" / name / "fold_0"
+        out = root / "data" / "07_model_output" / "pbmc3k" / name / "fold_0"
         out.mkdir(parents=True)
         for mode, n in (("matched", test.n_obs), ("upsample", 40)):
             rows = rng.choice(train.n_obs, n, replace=True)
@@ -116,7 +116,7 @@ def test_kedro_run_downstream_on_real_cells(tmp_path, monkeypatch):
     }
     run_session(root, "downstream", params)
 
-    reporting = root / "data" / "08_reporting"
+    reporting = root / "data" / "08_reporting" / "pbmc3k"
     rmse = pd.read_csv(reporting / "interactions_rmse.csv")
     assert set(zip(rmse["generator"], rmse["cells"], strict=True)) == {
         ("real train vs test", "real training cells"), ("train_copy", "synthetic only"),

@@ -13,6 +13,7 @@ No Kedro import: library code (e.g. :mod:`cellsynth.evaluation`) takes these obj
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="Settings")
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A dataset name: a single folder name (it is a path part of every output)."""
 
 
 class ConfigError(ValueError):
@@ -182,6 +186,14 @@ class DatasetSettings(Settings):
     label_key: str
     batch_key: str | None = None
     counts_layer: str | None = None
+
+    def __post_init__(self) -> None:
+        # The name is a folder of every output layer (data/<layer>/<name>/...): one plain path part.
+        if not DATASET_NAME.fullmatch(self.name) or self.name in {".", ".."}:
+            raise ConfigError(
+                f"dataset.name={self.name!r}: use letters, digits, '.', '_' or '-' only (it names the "
+                "output folders data/<layer>/<name>/ and the MLflow experiment), e.g. my_atlas."
+            )
 
 
 @dataclasses.dataclass(frozen=True)

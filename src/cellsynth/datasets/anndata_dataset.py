@@ -23,7 +23,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
 
         fold_0.train:
           type: cellsynth.datasets.AnnDataDataset
-          filepath: data/05_model_input/fold_0/train.h5ad
+          filepath: data/05_model_input/pbmc3k/fold_0/train.h5ad
           save_args:
             compression: gzip
 

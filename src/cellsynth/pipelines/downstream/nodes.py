@@ -288,7 +288,7 @@ def build_downstream_section(
                      "their genes among the fold's HVGs and detected); the others cannot be analysed.")
         tables.append(Table(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
                             figures.marker_summary_rows(candidates, n_markers),
-                            [marker_note, f"Full table: data/08_reporting/downstream/fold_{k}/candidate_markers_real.csv."]))
+                            [marker_note, f"Full table: data/08_reporting/{name}/downstream/fold_{k}/candidate_markers_real.csv."]))
         if len(check):
             shown = check.assign(position=check["position"].map(lambda v: "–" if pd.isna(v) else str(int(v))))
             tables.append(Table(f"Textbook markers among the real cells' markers, fold {k} ({name})",
@@ -313,11 +313,11 @@ def build_downstream_section(
                            interaction_summary(interactions_rmse),
                            [f"LIANA CellPhoneDB, resource {i.resource_name}, expr_prop {i.expr_prop}, "
                             f"{i.n_perms} permutations (seed {i.seed}), min {i.min_cells} cells per type.",
-                            "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
+                            f"Full table: data/08_reporting/{name}/interactions_rmse.csv (types left out in "
                             "types_excluded)."], label_columns=2))
     tables.insert(0, Table("Marker preservation against the test cells",
                            preservation_summary(marker_preservation),
-                           [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
+                           [marker_note, f"Per cell type: data/08_reporting/{name}/marker_preservation.csv."]))
     choice = i.real_plus_synthetic
     facts = [
         f"Dataset: {name}; folds: {', '.join(str(k) for k in folds)}; generators: {', '.join(generators) or 'none'}",

@@ -310,7 +310,7 @@ def build_evaluation_section(
     summary_lines = [
         f"Folds: {', '.join(str(k) for k in sorted(metrics['fold'].unique()))}",
         f"Generators: {', '.join(generators) or 'none'}",
-        f"Metrics rows: {len(metrics)} (data/08_reporting/metrics.parquet)",
+        f"Metrics rows: {len(metrics)} (data/08_reporting/{name}/metrics.parquet)",
         f"Verdict: {sentence}",
         f"Utility: {utility}",
     ]
