@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 from typing import Any
 
 import pandas as pd
 from anndata import AnnData
 
+from cellsynth import provenance
 from cellsynth.config import (
     DatasetSettings,
     IntegrationSettings,
@@ -38,7 +40,14 @@ def validate_input(raw_cells: AnnData, dataset: dict[str, Any]) -> AnnData:
         report.source, clean.n_obs, clean.n_vars, report.counts_from, report.n_unlabelled,
     )
     clean.uns["dataset_name"] = settings.name
+    provenance.stamp(clean, {"dataset": provenance.dataset_section(settings, None, {settings.name: _fingerprint(raw_cells)})})
     return clean
+
+
+def _fingerprint(raw: AnnData) -> dict[str, Any] | None:
+    """The input file's fingerprint the raw-file dataset put on what it loaded (``None`` if it did not)."""
+    value = raw.uns.get(provenance.FILE_KEY)
+    return json.loads(value) if isinstance(value, str) else None
 
 
 def filter_cells_and_genes(
@@ -58,6 +67,11 @@ def filter_cells_and_genes(
         step = f"cell types with >= {settings.min_cells_per_type} cells (dropped {dropped})"
         summary.loc[len(summary)] = [step, kept.n_obs, kept.n_vars]
     summary.insert(0, "dataset", data.name)
+    if kept is validated_counts:  # nothing removed: the record goes on a copy, never on the input
+        kept = kept.copy()
+    provenance.stamp(kept, provenance.with_sections(
+        provenance.record_of(validated_counts),
+        preprocessing=provenance.preprocessing_section(preprocessing, splitting)))
     return kept, summary
 
 
@@ -87,6 +101,8 @@ def load_datasets(
             "%s: %d cells × %d genes, counts read from %s, %d cells without a label",
             report.source, clean.n_obs, clean.n_vars, report.counts_from, report.n_unlabelled,
         )
+        if provenance.FILE_KEY in raw_datasets[spec.name].uns:
+            clean.uns[provenance.FILE_KEY] = raw_datasets[spec.name].uns[provenance.FILE_KEY]
         validated[spec.name] = clean
     overlap = integration.check_gene_overlap(
         {name: a.var_names for name, a in validated.items()},
@@ -153,6 +169,12 @@ def combine_datasets(
     combined_summary = pd.DataFrame(rows, columns=["step", "n_cells", "n_genes"])
     combined_summary.insert(0, "dataset", name)
     kept.uns["dataset_name"] = name
+    files = {n: _fingerprint(validated_datasets[n]) for n in parts}
+    provenance.stamp(kept, {
+        "dataset": provenance.dataset_section(dataset, datasets, files),
+        "preprocessing": provenance.preprocessing_section(preprocessing, splitting, integration_params, label_mapping,
+                                                          several=True),
+    })
     kept.uns["integration"] = {
         "datasets": list(parts),
         "n_shared_genes": int(len(genes)),
