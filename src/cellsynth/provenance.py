@@ -176,7 +176,10 @@ def stamp(adata: AnnData, record: Mapping[str, Any]) -> None:
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The record of a saved ``.h5ad`` without loading its matrices (``None`` when it has none)."""
+    """The record of a saved ``.h5ad`` without loading its matrices, or of a record's ``.json`` file
+    (``None`` when it has none)."""
+    if Path(path).suffix == ".json":
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     import h5py
     from anndata.io import read_elem
 

@@ -21,7 +21,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from cellsynth import provenance
-from cellsynth.datasets import AnnDataDataset
+from cellsynth.datasets import AnnDataDataset, ProvenanceDataset
 from cellsynth.summary import params_option
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ def _maker(name: str) -> str:
     return "generation" if match["generator"] else "splitting"
 
 
-def _anndata_files(names: Iterable[str], catalog) -> dict[str, Path]:
-    """Catalog name → file of every AnnData output among ``names`` (the user's raw files left out)."""
+def _recorded_files(names: Iterable[str], catalog) -> dict[str, Path]:
+    """Catalog name → file of every output among ``names`` that carries a record (AnnData outputs, the
+    provenance JSON; the user's raw files left out)."""
     files = {}
     for name in sorted(names):
         if name.startswith("params:") or name == "parameters":
@@ -51,7 +52,8 @@ def _anndata_files(names: Iterable[str], catalog) -> dict[str, Path]:
             dataset = catalog.get(name)
         except Exception:  # noqa: BLE001 - a name no catalog entry or pattern matches: Kedro reports it
             continue
-        if isinstance(dataset, AnnDataDataset) and not getattr(dataset, "_fingerprint", False):
+        if isinstance(dataset, ProvenanceDataset) or (
+                isinstance(dataset, AnnDataDataset) and not getattr(dataset, "_fingerprint", False)):
             files[name] = Path(str(dataset._describe()["filepath"]))
     return files
 
@@ -75,7 +77,8 @@ def check_reused_outputs(
     data or parameters than ``params`` (or, with ``must_exist``, does not exist)."""
     name = str((params.get("dataset") or {}).get("name"))
     extra = f' --params "{params_text}"' if params_text else ""
-    missing = {k: p for k, p in files.items() if not p.is_file()}
+    # The provenance JSON may be absent (folds made by hand): the report then says so.
+    missing = {k: p for k, p in files.items() if not p.is_file() and p.suffix == ".h5ad"}
     if missing and must_exist:
         first = sorted(missing, key=lambda k: PIPELINES.index(_maker(k)))[0]
         others = [d for d in datasets_with_outputs(project_path) if d != name]
@@ -129,7 +132,7 @@ class ProvenanceHook:
         # --only-missing-outputs keeps every output that exists: each one is reused, so each is checked.
         names = pipeline.datasets() if only_missing else pipeline.inputs()
         check_reused_outputs(
-            _anndata_files(names, catalog), self._params,
+            _recorded_files(names, catalog), self._params,
             project_path=self._project_path or Path(run_params.get("project_path") or "."),
             params_text=params_option(run_params.get("runtime_params")),
             only_missing=only_missing, must_exist=not only_missing,

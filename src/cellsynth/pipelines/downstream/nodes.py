@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from cellsynth import downstream as ds
+from cellsynth import provenance
 from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSettings, MarkerSettings
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
@@ -80,7 +81,7 @@ def real_cell_markers(
     ranking = _rank(real, settings.markers, f"fold {fold} real cells (train + test)")
     top = ds.top_markers(ranking, **settings.markers.selection())
     candidates = ds.candidate_markers(top)
-    expected = settings.markers.expected.get(DatasetSettings.from_params(dataset).name) or {}
+    expected = settings.markers.expected.get(provenance.dataset_name(train, dataset)) or {}
     check = ds.check_expected_markers(top, expected, genes=list(real.var_names),
                                       cell_types=sorted(set(ranking["cell_type"])))
     if len(check):

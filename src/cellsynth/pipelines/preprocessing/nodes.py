@@ -80,6 +80,14 @@ def log_normalise(qc_cells: AnnData, preprocessing: dict[str, Any]) -> AnnData:
     return normalise(qc_cells, target_sum=PreprocessingSettings.from_params(preprocessing).target_sum)
 
 
+def record_provenance(normalised_cells: AnnData) -> dict[str, Any]:
+    """The cells' provenance record (input files' hashes, parameters) on its own, for the report and MLflow."""
+    record = provenance.record_of(normalised_cells)
+    if record is None:
+        raise InputDataError("normalised_cells has no provenance record: rerun the preprocessing pipeline.")
+    return record
+
+
 # ----------------------------------------------------------------------------- several datasets
 # Used when the `datasets` parameter lists inputs (see pipeline.py and cellsynth.data.integration).
 
