@@ -300,6 +300,10 @@ def _shown(value: Any) -> str:
     return "null" if value is None else str(value)[:100]
 
 
+MAX_LISTED = 4
+"""Outputs listed one by one in a refusal (a paper run reuses dozens; they differ alike)."""
+
+
 def explain(problems: list[tuple[str, str, list[tuple[str, Any, Any]]]], *, maker: str, params_option: str,
             only_missing: bool, several: bool = False) -> str:
     """The refusal message: per output, what differs; then the ways out.
@@ -310,10 +314,15 @@ def explain(problems: list[tuple[str, str, list[tuple[str, Any, Any]]]], *, make
     lines = ["outputs this run would reuse were made from other data or parameters than this run's:"]
     reuse: dict[str, Any] = {}
     fixed: list[str] = []
-    for name, path, diffs in problems:
-        lines.append(f"  {name} ({path}):")
+    for i, (name, path, diffs) in enumerate(problems):
+        shown = i < MAX_LISTED
+        if shown:
+            lines.append(f"  {name} ({path}):")
+        elif i == MAX_LISTED:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED} more outputs")
         for key, saved, now in diffs[:8]:
-            lines.append(f"    {key}: {_shown(saved)} in the file, {_shown(now)} in this run")
+            if shown:
+                lines.append(f"    {key}: {_shown(saved)} in the file, {_shown(now)} in this run")
             parameter = parameter_of(key)
             if parameter is not None:
                 reuse[parameter] = saved
@@ -322,7 +331,7 @@ def explain(problems: list[tuple[str, str, list[tuple[str, Any, Any]]]], *, make
                 reuse["dataset.path"] = saved.split(" (")[0]
             elif key not in fixed:
                 fixed.append(key)
-        if len(diffs) > 8:
+        if shown and len(diffs) > 8:
             lines.append(f"    ... and {len(diffs) - 8} more")
     extra = f' --params "{params_option}"' if params_option else ""
     lines.append(f"Remake them with this run's settings: kedro run --pipelines {maker}{extra}"
