@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 __all__ = [
     "C2STSettings",
+    "ClusteringSettings",
     "ConfigError",
     "DatasetSettings",
     "DownstreamFigureSettings",
@@ -183,9 +184,10 @@ class DatasetSettings(Settings):
     block: ClassVar[str] = "dataset"
     name: str
     path: str
-    label_key: str
+    label_key: str | None
     batch_key: str | None = None
     counts_layer: str | None = None
+    cluster_if_unlabelled: bool = False  # label_key null: cells labelled by Leiden clusters (preprocessing.clustering)
 
     def __post_init__(self) -> None:
         # The name is a folder of every output layer (data/<layer>/<name>/...): one plain path part.
@@ -218,11 +220,24 @@ class QCSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusteringSettings(Settings):
+    """``preprocessing.clustering``: Leiden clusters as labels of unlabelled data (``dataset.cluster_if_unlabelled``)."""
+
+    block: ClassVar[str] = "preprocessing.clustering"
+    resolution: float = 1.0
+    n_top_genes: int = 2000
+    n_pcs: int = 30
+    n_neighbors: int = 15
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class PreprocessingSettings(Settings):
     block: ClassVar[str] = "preprocessing"
     qc: QCSettings = _nested(QCSettings)
     min_cells_per_type: int = 10
     target_sum: float = 10_000.0
+    clustering: ClusteringSettings = _nested(ClusteringSettings)
 
 
 @dataclasses.dataclass(frozen=True)
