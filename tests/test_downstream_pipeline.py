@@ -15,7 +15,7 @@ from kedro.io.catalog_config_resolver import CatalogConfigResolver
 from cellsynth.pipelines.downstream import create_pipeline
 from cellsynth.pipelines.downstream.pipeline import downstream_folds
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
+from kedro_helpers import PROJECT_ROOT, base_catalog, make_project_copy, run_session
 
 FOLD_NODES = ["real_cell_markers", "reference_markers", "reference_interactions", "real_train_vs_test"]
 GENERATOR_NODES = ["synthetic_markers", "synthetic_interactions", "score_downstream"]
@@ -39,9 +39,7 @@ def test_pipeline_builds_for_a_run_matrix():
         f"{g}.fold_{k}.{s}" for g in ("maf", "train_copy") for k in (0, 2) for s in ("synthetic", "upsample")
     } | {"params:downstream", "params:dataset"}
     # every dataset it writes is a catalog entry, and none collides with another pipeline's
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
     unmatched = [d for d in pipe.all_outputs() | free
                  if not d.startswith("params:") and d not in config and resolver.match_dataset_pattern(d) is None]

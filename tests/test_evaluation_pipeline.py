@@ -8,13 +8,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
 from cellsynth.evaluation import COLUMNS, FLOOR, REAL_ONLY, REAL_TRAIN_VS_TEST
 from cellsynth.pipelines.evaluation import create_pipeline
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
+from kedro_helpers import base_catalog, make_project_copy, run_session
 
 FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only", "evaluate_real_fair"]
 GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic", "evaluate_synthetic_fair"]
@@ -46,9 +45,7 @@ def test_pipeline_builds_for_a_run_matrix():
         f"{g}.fold_{k}.{s}" for g in ("maf", "train_copy") for k in (0, 2)
         for s in ("synthetic", "upsample", "training_history")} | {"params:evaluation", "params:dataset"}
     # every dataset it writes is a catalog entry (factory patterns of conf/base/catalog*.yml)
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
     unmatched = [d for d in pipe.all_outputs() | free
                  if not d.startswith("params:") and d not in config and resolver.match_dataset_pattern(d) is None]

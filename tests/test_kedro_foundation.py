@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import PROJECT_ROOT, RAW_DATA
-from kedro_helpers import make_project_copy, run_session
+from conftest import RAW_DATA
+from kedro_helpers import base_catalog, make_project_copy, run_session
 
 
 @pytest.fixture
@@ -71,16 +71,13 @@ def test_catalog_layers_form_no_cycle_so_kedro_viz_can_draw_layer_bands():
     (all it reads counts as leading to all it writes); a cycle makes it drop the bands."""
     import graphlib
 
-    import yaml
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
     from kedro.pipeline import Pipeline
 
     from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, report, splitting
     from cellsynth.run_matrix import RunMatrix
 
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
 
     def layers(names) -> set[str]:
