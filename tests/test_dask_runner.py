@@ -153,10 +153,11 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
             pd.testing.assert_frame_equal(got.obs, expected.obs)
             assert list(got.var_names) == list(expected.var_names)
 
-    # One Dask task per node, except quality control + normalisation (joined by the in-memory qc_cells).
+    # One Dask task per node, except quality control, normalisation and the provenance record (joined by qc_cells).
     tasks = {record.nodes: record for record in runner.task_records}
-    assert ("quality_control", "normalise") in tasks
-    assert all(len(nodes) == 1 for nodes in tasks if nodes != ("quality_control", "normalise"))
+    preprocessed = ("quality_control", "normalise", "record_provenance")  # all three read qc_cells
+    assert preprocessed in tasks
+    assert all(len(nodes) == 1 for nodes in tasks if nodes != preprocessed)
     builds = [tasks[(f"fold_{k}.build_fold",)] for k in (0, 1)]
     assert builds[0].worker != builds[1].worker  # both folds were ready together: one per worker
     assert {r.worker for r in runner.task_records} == set(cluster.scheduler_info["workers"])

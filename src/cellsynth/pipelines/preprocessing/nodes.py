@@ -109,11 +109,12 @@ def log_normalise(qc_cells: AnnData, preprocessing: dict[str, Any]) -> AnnData:
     return normalise(qc_cells, target_sum=PreprocessingSettings.from_params(preprocessing).target_sum)
 
 
-def record_provenance(normalised_cells: AnnData) -> dict[str, Any]:
-    """The cells' provenance record (input files' hashes, parameters) on its own, for the report and MLflow."""
-    record = provenance.record_of(normalised_cells)
+def record_provenance(qc_cells: AnnData) -> dict[str, Any]:
+    """The preprocessed cells' provenance record (input files' hashes, parameters) on its own, for the
+    report and MLflow (normalisation and batch correction keep it as it is)."""
+    record = provenance.record_of(qc_cells)
     if record is None:
-        raise InputDataError("normalised_cells has no provenance record: rerun the preprocessing pipeline.")
+        raise InputDataError("the QC'd cells have no provenance record: rerun the preprocessing pipeline.")
     return record
 
 
