@@ -65,7 +65,7 @@ mlflow: $(STAMP)
 
 ## make bench: speed, memory and honest quality of every generator on PBMC3K fold 0 (after make run)
 bench: $(STAMP)
-	@test -f data/05_model_input/fold_0/train.h5ad || $(BIN)/kedro run --pipelines generation
+	@test -f data/05_model_input/pbmc3k/fold_0/train.h5ad || $(BIN)/kedro run --pipelines generation
 	$(BIN)/python benchmarks/bench.py
 
 clean:

@@ -3,11 +3,11 @@
 For each generator (and the ``paper`` presets of ``maf`` and ``moe`` as the reference) a fresh
 subprocess, with ``--threads`` torch/BLAS threads (default 2):
 
-1. gets a fitted model: it fits one on ``data/05_model_input/fold_0/train.h5ad`` (the ``paper``
+1. gets a fitted model: it fits one on ``data/05_model_input/pbmc3k/fold_0/train.h5ad`` (the ``paper``
    presets are capped at ``--paper-epochs`` epochs, default 2 of their 100: the row says so), or,
-   for the default presets when ``data/06_models/<generator>/fold_0`` holds the model that
+   for the default presets when ``data/06_models/pbmc3k/<generator>/fold_0`` holds the model that
    ``make run`` trained (``--reuse``, the default), loads it and takes its fit time from that run
-   (``uns["cellsynth"]`` of ``data/07_model_output/<generator>/fold_0/synthetic.h5ad``); the
+   (``uns["cellsynth"]`` of ``data/07_model_output/pbmc3k/<generator>/fold_0/synthetic.h5ad``); the
    ``fit_source`` column says which;
 2. samples ``--sample-cells`` cells (default 1000) in training proportions and reports cells per
    second (wall clock) and the CPU seconds they took, then samples them again on one thread and
@@ -24,7 +24,7 @@ subprocess, with ``--threads`` torch/BLAS threads (default 2):
 4. reports its peak resident memory (``ru_maxrss``: data, model, fit and sampling together).
 
 The real-vs-real floor is the first row. The table is printed, written to
-``data/08_reporting/benchmark.csv`` and plotted to ``data/08_reporting/benchmark.png``. Every row
+``data/08_reporting/pbmc3k/benchmark.csv`` and plotted to ``data/08_reporting/pbmc3k/benchmark.png``. Every row
 records the 1-minute load average when it started: on a shared machine wall times are inflated by
 roughly load / cores, CPU seconds much less so.
 
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLD_DIR = ROOT / "data" / "05_model_input" / "fold_0"
+FOLD_DIR = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
 DEFAULT_GENERATORS = ["maf", "moe", "smote", "class_gaussian_pca", "gene_shuffle", "train_copy", "maf:paper", "moe:paper"]
 SEED = 0
 
@@ -110,13 +110,13 @@ def child(generator: str, preset: str, spec: dict) -> dict:
     row: dict = {"generator": generator, "preset": preset, "threads": threads, "load1_start": _load_average()}
     train, test = ad.read_h5ad(FOLD_DIR / "train.h5ad"), ad.read_h5ad(FOLD_DIR / "test.h5ad")
     train.obs["cell_type"] = train.obs["cell_type"].astype(str)
-    model_dir = ROOT / "data" / "06_models" / generator / "fold_0"
+    model_dir = ROOT / "data" / "06_models" / "pbmc3k" / generator / "fold_0"
     cls = GENERATORS[generator]
     hyper = _presets(generator, preset)
     note = []
     if preset == "default" and spec["reuse"] and (model_dir / "generator.json").exists():
         model = cls.load(model_dir)
-        info = ad.read_h5ad(ROOT / "data" / "07_model_output" / generator / "fold_0" / "synthetic.h5ad",
+        info = ad.read_h5ad(ROOT / "data" / "07_model_output" / "pbmc3k" / generator / "fold_0" / "synthetic.h5ad",
                             backed="r").uns.get("cellsynth", {})
         row["fit_source"] = "make run"
         row["fit_s"] = round(float(info.get("fit_seconds", np.nan)), 1)
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--paper-cells", type=int, default=64, help="cells sampled by the nflows paper presets")
     parser.add_argument("--paper-epochs", type=int, default=2, help="epoch cap of the paper presets' fits")
     parser.add_argument("--refit", action="store_true", help="fit the default presets here instead of reusing make run's models")
-    parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "benchmark.csv"))
+    parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "pbmc3k" / "benchmark.csv"))
     parser.add_argument("--append", action="store_true",
                         help="merge into an existing CSV (rows of the generators run now are replaced)")
     parser.add_argument("--merge", nargs="*", default=[],

@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epoch cap of maf and moe (0: their defaults)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/cellsynth_cell_scaling")
-    parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "cell_scaling.csv"))
+    parser.add_argument("--csv", default=str(ROOT / "data" / "08_reporting" / "pbmc3k" / "cell_scaling.csv"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -1,7 +1,7 @@
 """Cost of the evaluation: every metric of one generator × fold, and of the metrics at large n.
 
-Part 1 (PBMC3K): with the fold's cells (``data/05_model_input/fold_0``) and a generator's saved
-``matched`` cells (``data/07_model_output/<generator>/fold_0/synthetic.h5ad``, from ``make run``),
+Part 1 (PBMC3K): with the fold's cells (``data/05_model_input/pbmc3k/fold_0``) and a generator's saved
+``matched`` cells (``data/07_model_output/pbmc3k/<generator>/fold_0/synthetic.h5ad``, from ``make run``),
 times the evaluation's own functions: :func:`~cellsynth.evaluation.protocol.fit_reference_space`,
 :func:`~cellsynth.evaluation.protocol.real_metrics` (the floor, once per fold) and
 :func:`~cellsynth.evaluation.protocol.generator_metrics` (paper, upsample, honest and per-type
@@ -44,9 +44,9 @@ def pbmc3k(generator: str, rows: list) -> None:
     from cellsynth.evaluation import protocol as P
     from cellsynth.metrics import beyond, paper
 
-    fold = ROOT / "data" / "05_model_input" / "fold_0"
+    fold = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
     train, test = ad.read_h5ad(fold / "train.h5ad"), ad.read_h5ad(fold / "test.h5ad")
-    out = ROOT / "data" / "07_model_output" / generator / "fold_0"
+    out = ROOT / "data" / "07_model_output" / "pbmc3k" / generator / "fold_0"
     synthetic, upsample = ad.read_h5ad(out / "synthetic.h5ad"), ad.read_h5ad(out / "upsample.h5ad")
     settings = P.EvaluationSettings()
     space = _timed("fit_reference_space", lambda: P.fit_reference_space(train, settings.n_pca, settings.seed), rows)

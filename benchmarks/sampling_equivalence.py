@@ -4,7 +4,7 @@ Fast path (now): fused attention kernel, one-block-per-pass MADE inverse, chunks
 Previous path: explicit softmax attention, ``passes`` full-network MADE evaluations, chunks of 128.
 For each: CPU seconds for 1000 cells on one thread, and the honest-protocol C2ST AUC and WD (vs half
 A of the test cells) of |B| cells with B's type counts; then the largest difference between the two
-sets of cells (same seeds). Needs ``make run`` (``data/06_models/moe/fold_0``).
+sets of cells (same seeds). Needs ``make run`` (``data/06_models/pbmc3k/moe/fold_0``).
 
 Usage::
 
@@ -33,9 +33,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     threadpool_limits(1)
-    fold = ROOT / "data" / "05_model_input" / "fold_0"
+    fold = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
     train, test = ad.read_h5ad(fold / "train.h5ad"), ad.read_h5ad(fold / "test.h5ad")
-    model = GENERATORS["moe"].load(ROOT / "data" / "06_models" / "moe" / "fold_0")
+    model = GENERATORS["moe"].load(ROOT / "data" / "06_models" / "pbmc3k" / "moe" / "fold_0")
     space = fit_reference_space(train)
     z_test = project(space, test)
     idx_a, idx_b = split_halves(cell_labels(test), 0)

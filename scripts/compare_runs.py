@@ -1,6 +1,6 @@
 """Compare the outputs of two project folders (e.g. a clone before and after a change): same cells, same numbers?
 
-    python scripts/compare_runs.py BEFORE_DIR AFTER_DIR [--fold 0]
+    python scripts/compare_runs.py BEFORE_DIR AFTER_DIR [--fold 0] [--dataset pbmc3k]
 
 Prints one row per compared object (synthetic and up-sampling cells of every generator found in both,
 the long metrics table, the marker-preservation and interaction tables) with the largest absolute
@@ -27,13 +27,13 @@ def _max_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.nanmax(np.where(both_nan, 0.0, np.abs(a - b)), initial=0.0))
 
 
-def compare_cells(before: Path, after: Path, fold: int) -> list[dict]:
+def compare_cells(before: Path, after: Path, fold: int, dataset: str) -> list[dict]:
     rows = []
-    generators = sorted({p.parent.parent.name for p in before.glob(f"data/07_model_output/*/fold_{fold}/synthetic.h5ad")}
-                        & {p.parent.parent.name for p in after.glob(f"data/07_model_output/*/fold_{fold}/synthetic.h5ad")})
+    generators = sorted({p.parent.parent.name for p in before.glob(f"data/07_model_output/{dataset}/*/fold_{fold}/synthetic.h5ad")}
+                        & {p.parent.parent.name for p in after.glob(f"data/07_model_output/{dataset}/*/fold_{fold}/synthetic.h5ad")})
     for generator in generators:
         for name in ("synthetic", "upsample"):
-            relative = Path("data/07_model_output") / generator / f"fold_{fold}" / f"{name}.h5ad"
+            relative = Path("data/07_model_output") / dataset / generator / f"fold_{fold}" / f"{name}.h5ad"
             x, y = ad.read_h5ad(before / relative), ad.read_h5ad(after / relative)
             same_shape = x.shape == y.shape and list(x.var_names) == list(y.var_names)
             labels = same_shape and (x.obs["cell_type"].astype(str).to_numpy() == y.obs["cell_type"].astype(str).to_numpy()).all()
@@ -43,9 +43,9 @@ def compare_cells(before: Path, after: Path, fold: int) -> list[dict]:
     return rows
 
 
-def compare_metrics(before: Path, after: Path) -> list[dict]:
-    x = pd.read_parquet(before / "data/08_reporting/metrics.parquet")
-    y = pd.read_parquet(after / "data/08_reporting/metrics.parquet")
+def compare_metrics(before: Path, after: Path, dataset: str) -> list[dict]:
+    x = pd.read_parquet(before / "data/08_reporting" / dataset / "metrics.parquet")
+    y = pd.read_parquet(after / "data/08_reporting" / dataset / "metrics.parquet")
     x, y = (f[f["protocol"] != "run"].set_index(METRIC_KEY)["value"].sort_index() for f in (x, y))
     same_rows = x.index.equals(y.index)
     difference = _max_difference(x.to_numpy(), y.reindex(x.index).to_numpy())
@@ -54,12 +54,12 @@ def compare_metrics(before: Path, after: Path) -> list[dict]:
              "max_abs_difference": difference}]
 
 
-def compare_tables(before: Path, after: Path) -> list[dict]:
+def compare_tables(before: Path, after: Path, dataset: str) -> list[dict]:
     rows = []
     for name in ("marker_preservation.csv", "interactions_rmse.csv"):
-        if not ((before / "data/08_reporting" / name).is_file() and (after / "data/08_reporting" / name).is_file()):
+        if not ((before / "data/08_reporting" / dataset / name).is_file() and (after / "data/08_reporting" / dataset / name).is_file()):
             continue
-        x, y = (pd.read_csv(d / "data/08_reporting" / name) for d in (before, after))
+        x, y = (pd.read_csv(d / "data/08_reporting" / dataset / name) for d in (before, after))
         numeric = [c for c in x.columns if pd.api.types.is_numeric_dtype(x[c]) and c in y.columns]
         identical = x.shape == y.shape and x.equals(y)
         rows.append({"object": name, "n": len(x), "identical": bool(identical),
@@ -73,9 +73,10 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--dataset", default="pbmc3k", help="dataset.name of the runs (outputs under data/<layer>/<name>/)")
     args = parser.parse_args()
-    rows = (compare_cells(args.before, args.after, args.fold) + compare_metrics(args.before, args.after)
-            + compare_tables(args.before, args.after))
+    rows = (compare_cells(args.before, args.after, args.fold, args.dataset)
+            + compare_metrics(args.before, args.after, args.dataset) + compare_tables(args.before, args.after, args.dataset))
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
     sys.exit(0 if table["identical"].all() else 1)

@@ -3,7 +3,7 @@
 
 Uses numpy, scipy, scikit-learn, pandas, anndata and PyYAML directly (not ``cellsynth.metrics`` nor
 ``cellsynth.evaluation``), reloads what the pipelines saved (paths from ``conf/base/catalog*.yml``)
-and checks ``data/08_reporting/metrics.parquet`` row by row. Prints a table of the largest
+and checks ``data/08_reporting/<dataset>/metrics.parquet`` row by row. Prints a table of the largest
 differences per protocol × metric and exits 1 when any value disagrees beyond the tolerance, when a
 row it recomputes is missing from the table, or when a protocol check fails.
 
@@ -80,15 +80,21 @@ def load_yaml_dir(project: Path, pattern: str) -> dict:
     return merged
 
 
+DATASET: str | None = None
+"""The dataset whose outputs are read (``--dataset``; default: ``dataset.name`` of ``conf/base/globals.yml``)."""
+
+
 class Paths:
-    """File paths of catalog entries (the factory patterns of ``conf/base/catalog*.yml``)."""
+    """File paths of catalog entries (the factory patterns of ``conf/base/catalog*.yml``) of one dataset."""
 
     def __init__(self, project: Path):
         self.project = project
         self.catalog = load_yaml_dir(project, "catalog*.yml")
+        self.dataset = DATASET or yaml.safe_load((project / "conf" / "base" / "globals.yml").read_text())["dataset"]["name"]
 
     def __call__(self, entry: str, **fields) -> Path:
-        return self.project / self.catalog[entry]["filepath"].format(**fields)
+        # Outputs live under data/<layer>/<dataset>/ (the catalog's `_dataset` template value).
+        return self.project / self.catalog[entry]["filepath"].replace("${_dataset}", self.dataset).format(**fields)
 
 
 # ----------------------------------------------------------------------------- metrics (independent)
@@ -480,7 +486,10 @@ def main(argv=None) -> int:
     parser.add_argument("--atol", type=float, default=1e-9)
     parser.add_argument("--skip-utility", action="store_true", help="do not refit the random forests")
     parser.add_argument("--skip-fair", action="store_true", help="do not recompute the fair protocol")
+    parser.add_argument("--dataset", default=None, help="dataset.name whose outputs to read (default: conf/base's)")
     args = parser.parse_args(argv)
+    global DATASET
+    DATASET = args.dataset
 
     project = args.project.resolve()
     params = dict(load_yaml_dir(project, "parameters*.yml").get("evaluation") or {})

@@ -12,6 +12,18 @@ from kedro.framework.startup import bootstrap_project
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+def base_catalog(*files: str) -> dict[str, Any]:
+    """``conf/base/catalog*.yml`` (or the named files) as one mapping, as Kedro's loader reads it: the
+    per-dataset folder ``${_dataset}`` filled in (with ``dataset``) and the template keys (``_...``) left out."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    paths = [PROJECT_ROOT / "conf" / "base" / f for f in files] or sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml"))
+    for path in paths:
+        config.update(yaml.safe_load(path.read_text().replace("${_dataset}", "dataset")))
+    return {name: entry for name, entry in config.items() if not name.startswith("_")}
+
+
 def make_project_copy(tmp_path: Path) -> Path:
     """``conf/`` and ``pyproject.toml`` of the project in ``tmp_path``, with an empty ``data/``."""
     root = tmp_path / "project"

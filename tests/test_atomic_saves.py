@@ -106,7 +106,7 @@ SLOW_SAVE = textwrap.dedent("""
 def test_kill_9_during_a_parquet_save_leaves_the_previous_file_and_the_output_is_redone(tmp_path):
     root = make_project_copy(tmp_path)
     (root / "data" / "08_reporting").mkdir(parents=True)
-    target = root / "data" / "04_feature" / "fold_assignments.parquet"
+    target = root / "data" / "04_feature" / "subset" / "fold_assignments.parquet"
     cd.ParquetDataset(filepath=str(target)).save(FRAME)
     before = target.read_bytes()
 

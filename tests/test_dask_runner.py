@@ -146,17 +146,18 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
 
     for fold in (0, 1):
         for mode in ("synthetic", "upsample"):
-            relative = Path("data/07_model_output") / GENERATOR / f"fold_{fold}" / f"{mode}.h5ad"
+            relative = Path("data/07_model_output/subset") / GENERATOR / f"fold_{fold}" / f"{mode}.h5ad"
             expected, got = ad.read_h5ad(sequential / relative), ad.read_h5ad(distributed / relative)
             assert got.n_obs > 0
             np.testing.assert_array_equal(got.X, expected.X)
             pd.testing.assert_frame_equal(got.obs, expected.obs)
             assert list(got.var_names) == list(expected.var_names)
 
-    # One Dask task per node, except quality control + normalisation (joined by the in-memory qc_cells).
+    # One Dask task per node, except quality control, normalisation and the provenance record (joined by qc_cells).
     tasks = {record.nodes: record for record in runner.task_records}
-    assert ("quality_control", "normalise") in tasks
-    assert all(len(nodes) == 1 for nodes in tasks if nodes != ("quality_control", "normalise"))
+    preprocessed = ("quality_control", "normalise", "record_provenance")  # all three read qc_cells
+    assert preprocessed in tasks
+    assert all(len(nodes) == 1 for nodes in tasks if nodes != preprocessed)
     builds = [tasks[(f"fold_{k}.build_fold",)] for k in (0, 1)]
     assert builds[0].worker != builds[1].worker  # both folds were ready together: one per worker
     assert {r.worker for r in runner.task_records} == set(cluster.scheduler_info["workers"])
@@ -174,7 +175,7 @@ def test_dask_run_gives_the_sequential_cells_and_tracks_both_folds_in_the_server
         assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert child.info.status == "FINISHED"
         assert "fit_seconds" in child.data.metrics
-        cells = ad.read_h5ad(distributed / "data/07_model_output" / GENERATOR / f"fold_{fold}" / "synthetic.h5ad")
+        cells = ad.read_h5ad(distributed / "data/07_model_output/subset" / GENERATOR / f"fold_{fold}" / "synthetic.h5ad")
         assert child.data.tags["cellsynth.namespace"] == f"{GENERATOR}.fold_{fold}"
         assert "mlflow_run_id" not in cells.uns["cellsynth"]  # no run id inside the scientific output
         assert [a.path for a in client.list_artifacts(child.info.run_id)] == ["checkpoint"]

@@ -15,7 +15,7 @@ from kedro.io.catalog_config_resolver import CatalogConfigResolver
 from cellsynth.pipelines.downstream import create_pipeline
 from cellsynth.pipelines.downstream.pipeline import downstream_folds
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
+from kedro_helpers import PROJECT_ROOT, base_catalog, make_project_copy, run_session
 
 FOLD_NODES = ["real_cell_markers", "reference_markers", "reference_interactions", "real_train_vs_test"]
 GENERATOR_NODES = ["synthetic_markers", "synthetic_interactions", "score_downstream"]
@@ -39,9 +39,7 @@ def test_pipeline_builds_for_a_run_matrix():
         f"{g}.fold_{k}.{s}" for g in ("maf", "train_copy") for k in (0, 2) for s in ("synthetic", "upsample")
     } | {"params:downstream", "params:dataset"}
     # every dataset it writes is a catalog entry, and none collides with another pipeline's
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
     unmatched = [d for d in pipe.all_outputs() | free
                  if not d.startswith("params:") and d not in config and resolver.match_dataset_pattern(d) is None]
@@ -81,12 +79,12 @@ def _write_fold(root: Path, generators: tuple[str, ...]) -> None:
     cells.X = sp.csr_matrix(cells.X, dtype=np.float32)
     test_rows = rng.random(cells.n_obs) < 0.3
     train, test = cells[~test_rows].copy(), cells[test_rows].copy()
-    folder = root / "data" / "05_model_input" / "fold_0"
+    folder = root / "data" / "05_model_input" / "pbmc3k" / "fold_0"
     folder.mkdir(parents=True)
     train.write_h5ad(folder / "train.h5ad")
     test.write_h5ad(folder / "test.h5ad")
     for name in generators:
-        out = root / "data" / "07_model_output" / name / "fold_0"
+        out = root / "data" / "07_model_output" / "pbmc3k" / name / "fold_0"
         out.mkdir(parents=True)
         for mode, n in (("matched", test.n_obs), ("upsample", 40)):
             rows = rng.choice(train.n_obs, n, replace=True)
@@ -116,7 +114,7 @@ def test_kedro_run_downstream_on_real_cells(tmp_path, monkeypatch):
     }
     run_session(root, "downstream", params)
 
-    reporting = root / "data" / "08_reporting"
+    reporting = root / "data" / "08_reporting" / "pbmc3k"
     rmse = pd.read_csv(reporting / "interactions_rmse.csv")
     assert set(zip(rmse["generator"], rmse["cells"], strict=True)) == {
         ("real train vs test", "real training cells"), ("train_copy", "synthetic only"),

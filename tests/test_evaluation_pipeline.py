@@ -8,13 +8,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from kedro.io.catalog_config_resolver import CatalogConfigResolver
 
 from cellsynth.evaluation import COLUMNS, FLOOR, REAL_ONLY, REAL_TRAIN_VS_TEST
 from cellsynth.pipelines.evaluation import create_pipeline
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import PROJECT_ROOT, make_project_copy, run_session
+from kedro_helpers import base_catalog, make_project_copy, run_session
 
 FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only", "evaluate_real_fair"]
 GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic", "evaluate_synthetic_fair"]
@@ -46,9 +45,7 @@ def test_pipeline_builds_for_a_run_matrix():
         f"{g}.fold_{k}.{s}" for g in ("maf", "train_copy") for k in (0, 2)
         for s in ("synthetic", "upsample", "training_history")} | {"params:evaluation", "params:dataset"}
     # every dataset it writes is a catalog entry (factory patterns of conf/base/catalog*.yml)
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
     unmatched = [d for d in pipe.all_outputs() | free
                  if not d.startswith("params:") and d not in config and resolver.match_dataset_pattern(d) is None]
@@ -63,13 +60,13 @@ def write_fake_generation_outputs(root: Path, factory, generators: tuple[str, ..
     full = factory(480, 40, 3, seed=5)
     full.obs_names = [f"cell_{i}" for i in range(full.n_obs)]
     train, test, fresh = full[:240].copy(), full[240:360].copy(), full[360:].copy()
-    folder = root / "data" / "05_model_input" / "fold_0"
+    folder = root / "data" / "05_model_input" / "tiny" / "fold_0"
     folder.mkdir(parents=True)
     train.write_h5ad(folder / "train.h5ad")
     test.write_h5ad(folder / "test.h5ad")
     rng = np.random.default_rng(0)
     for name in generators:
-        out = root / "data" / "07_model_output" / name / "fold_0"
+        out = root / "data" / "07_model_output" / "tiny" / name / "fold_0"
         out.mkdir(parents=True)
         source = train if name == "train_copy" else fresh
         for mode, n in (("matched", test.n_obs), ("upsample", 20)):
@@ -106,7 +103,7 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     }
     run_session(root, "evaluation", params)
 
-    reporting = root / "data" / "08_reporting"
+    reporting = root / "data" / "08_reporting" / "tiny"
     metrics = pd.read_parquet(reporting / "metrics.parquet")
     assert list(metrics.columns) == COLUMNS
     assert {REAL_TRAIN_VS_TEST, FLOOR, REAL_ONLY, *generators} == set(metrics["generator"])
@@ -115,12 +112,12 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     assert (metrics["dataset"] == "tiny").all()
     copy = metrics.query("generator == 'train_copy' and protocol == 'honest' and cell_type == 'all'")
     assert copy.set_index("metric").loc["memorization", "value"] < 0.1
-    split = pd.read_parquet(root / "data" / "05_model_input" / "fold_0" / "honest_split.parquet")
+    split = pd.read_parquet(root / "data" / "05_model_input" / "tiny" / "fold_0" / "honest_split.parquet")
     assert sorted(split["half"].unique()) == ["A", "B"] and len(split) == 120
     verdict = pd.read_csv(reporting / "verdict.csv").set_index("generator")
     assert set(verdict.index) == set(generators) and verdict.loc["train_copy", "not_copying"] == "✗"
     assert bool(verdict.loc["train_copy", "sanity_baseline"]) and not bool(verdict.loc["fake_flow", "sanity_baseline"])
-    per_run = pd.read_csv(root / "data" / "07_model_output" / "evaluation" / "train_copy" / "fold_0" / "verdict.csv")
+    per_run = pd.read_csv(root / "data" / "07_model_output" / "tiny" / "evaluation" / "train_copy" / "fold_0" / "verdict.csv")
     assert per_run["not_copying"].tolist() == ["✗"]
     for name in ("table1_paper", "table3_utility", "table_honest", "table_per_type", "table_fair", "verdict"):
         assert (reporting / f"{name}.csv").is_file() and (reporting / f"{name}.md").is_file()
@@ -138,5 +135,5 @@ def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, 
     assert "Fair protocol" in report and "skipped: no counts" in report
     # downstream never ran here: the report says so instead of leaving it out (or showing an old file)
     assert 'id="downstream"' in report and "Not computed." in report and "kedro run --pipelines downstream" in report
-    assert (root / "data" / "06_models" / "evaluation" / "fold_0" / "reference_space.npz").is_file()
-    assert (root / "data" / "07_model_output" / "evaluation" / "fake_flow" / "fold_0" / "honest_sample.parquet").is_file()
+    assert (root / "data" / "06_models" / "tiny" / "evaluation" / "fold_0" / "reference_space.npz").is_file()
+    assert (root / "data" / "07_model_output" / "tiny" / "evaluation" / "fake_flow" / "fold_0" / "honest_sample.parquet").is_file()

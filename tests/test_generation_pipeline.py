@@ -67,8 +67,8 @@ def test_generation_runs_one_generator_and_fold_end_to_end(project):
     }
     run_session(project, "generation", params)
 
-    out = project / "data" / "07_model_output" / "maf" / "fold_0"
-    test = ad.read_h5ad(project / "data" / "05_model_input" / "fold_0" / "test.h5ad")
+    out = project / "data" / "07_model_output" / "subset" / "maf" / "fold_0"
+    test = ad.read_h5ad(project / "data" / "05_model_input" / "subset" / "fold_0" / "test.h5ad")
     synthetic = ad.read_h5ad(out / "synthetic.h5ad")
     upsample = ad.read_h5ad(out / "upsample.h5ad")
     assert synthetic.shape == (test.n_obs, 100)
@@ -77,7 +77,7 @@ def test_generation_runs_one_generator_and_fold_end_to_end(project):
     assert upsample.n_obs > 0
     history = pd.read_parquet(out / "training_history.parquet")
     assert set(history["series"]) >= {"train_loss", "val_loss"}
-    assert (project / "data" / "06_models" / "maf" / "fold_0" / "generator.json").is_file()
+    assert (project / "data" / "06_models" / "subset" / "maf" / "fold_0" / "generator.json").is_file()
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cellsynth-subset")

@@ -241,12 +241,12 @@ def test_integrated_pbmc_environment_on_real_subsets(tmp_path, monkeypatch):
     params = {"datasets": datasets, "integration": {"method": "linear", "scoring": {"n_top_genes": 500, "n_pcs": 15}}}
     run_session(root, "preprocessing", params, env="integrated_pbmc")
 
-    cells = ad.read_h5ad(root / "data" / "03_primary" / "normalised_cells.h5ad")
+    cells = ad.read_h5ad(root / "data" / "03_primary" / "integrated_pbmc" / "normalised_cells.h5ad")
     assert set(cells.obs["batch"].cat.categories) == {"pbmc3k", "zheng17"}
     assert {"NK", "B", "CD14+ Mono", "CD8 T"} <= set(cells.obs["cell_type"].cat.categories)
     assert "thelper" not in set(cells.obs["cell_type"].cat.categories)
     assert (cells.X < 0).any() and cells.layers["log_uncorrected"].min() >= 0
-    reporting = root / "data" / "08_reporting"
+    reporting = root / "data" / "08_reporting" / "integrated_pbmc"
     scores = pd.read_csv(reporting / "integration_scores.csv").set_index("metric")
     assert scores.loc["asw_batch", "after"] > scores.loc["asw_batch", "before"]
     section = (reporting / "sections" / "integration.html").read_text()

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from conftest import PROJECT_ROOT, RAW_DATA
-from kedro_helpers import make_project_copy, run_session
+from conftest import RAW_DATA
+from kedro_helpers import base_catalog, make_project_copy, run_session
 
 
 @pytest.fixture
@@ -37,19 +37,19 @@ def test_splitting_on_a_real_subset(project, pbmc_subset):
     params = dataset_params(path) | {"splitting": {"n_top_genes": 300}, "folds_to_run": [0, 3]}
     run_session(project, "splitting", params)
 
-    summary = pd.read_csv(project / "data" / "08_reporting" / "qc_summary.csv")
+    summary = pd.read_csv(project / "data" / "08_reporting" / "subset" / "qc_summary.csv")
     assert summary["dataset"].eq("subset").all()
-    folds = pd.read_parquet(project / "data" / "04_feature" / "fold_assignments.parquet")
+    folds = pd.read_parquet(project / "data" / "04_feature" / "subset" / "fold_assignments.parquet")
     for k in (0, 3):
-        train = ad.read_h5ad(project / "data" / "05_model_input" / f"fold_{k}" / "train.h5ad")
-        test = ad.read_h5ad(project / "data" / "05_model_input" / f"fold_{k}" / "test.h5ad")
+        train = ad.read_h5ad(project / "data" / "05_model_input" / "subset" / f"fold_{k}" / "train.h5ad")
+        test = ad.read_h5ad(project / "data" / "05_model_input" / "subset" / f"fold_{k}" / "test.h5ad")
         assert train.n_vars == test.n_vars == 300
         assert set(test.obs_names) == set(folds.index[folds["test_fold"] == k])
         assert "counts" in train.layers and train.X.max() < 15  # log-normalised X, counts kept
         share_train = train.obs["cell_type"].value_counts(normalize=True)
         share_test = test.obs["cell_type"].value_counts(normalize=True)
         assert (share_train - share_test).abs().max() < 0.06
-    assert not (project / "data" / "05_model_input" / "fold_1").exists()
+    assert not (project / "data" / "05_model_input" / "subset" / "fold_1").exists()
     # The user's file is untouched.
     assert ad.read_h5ad(path).shape == pbmc_subset.shape
 
@@ -71,16 +71,13 @@ def test_catalog_layers_form_no_cycle_so_kedro_viz_can_draw_layer_bands():
     (all it reads counts as leading to all it writes); a cycle makes it drop the bands."""
     import graphlib
 
-    import yaml
     from kedro.io.catalog_config_resolver import CatalogConfigResolver
     from kedro.pipeline import Pipeline
 
     from cellsynth.pipelines import downstream, evaluation, generation, preprocessing, report, splitting
     from cellsynth.run_matrix import RunMatrix
 
-    config = {}
-    for path in sorted((PROJECT_ROOT / "conf" / "base").glob("catalog*.yml")):
-        config.update(yaml.safe_load(path.read_text()))
+    config = base_catalog()
     resolver = CatalogConfigResolver(config)
 
     def layers(names) -> set[str]:

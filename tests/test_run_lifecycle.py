@@ -89,7 +89,7 @@ def test_a_run_left_running_by_kill_9_is_closed_by_the_next_run(project):
 
 def test_a_failing_generator_leaves_failed_runs_with_the_error(project):
     # Training cells without their cell-type column: the generator's node raises.
-    train_path = project / "data" / "05_model_input" / "fold_0" / "train.h5ad"
+    train_path = project / "data" / "05_model_input" / "subset" / "fold_0" / "train.h5ad"
     saved = train_path.read_bytes()
     train = ad.read_h5ad(train_path)
     del train.obs["cell_type"]

@@ -13,6 +13,7 @@ No Kedro import: library code (e.g. :mod:`cellsynth.evaluation`) takes these obj
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 __all__ = [
     "C2STSettings",
+    "ClusteringSettings",
     "ConfigError",
     "DatasetSettings",
     "DownstreamFigureSettings",
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound="Settings")
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A dataset name: a single folder name (it is a path part of every output)."""
 
 
 class ConfigError(ValueError):
@@ -179,9 +184,18 @@ class DatasetSettings(Settings):
     block: ClassVar[str] = "dataset"
     name: str
     path: str
-    label_key: str
+    label_key: str | None
     batch_key: str | None = None
     counts_layer: str | None = None
+    cluster_if_unlabelled: bool = False  # label_key null: cells labelled by Leiden clusters (preprocessing.clustering)
+
+    def __post_init__(self) -> None:
+        # The name is a folder of every output layer (data/<layer>/<name>/...): one plain path part.
+        if not DATASET_NAME.fullmatch(self.name) or self.name in {".", ".."}:
+            raise ConfigError(
+                f"dataset.name={self.name!r}: use letters, digits, '.', '_' or '-' only (it names the "
+                "output folders data/<layer>/<name>/ and the MLflow experiment), e.g. my_atlas."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,11 +220,24 @@ class QCSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusteringSettings(Settings):
+    """``preprocessing.clustering``: Leiden clusters as labels of unlabelled data (``dataset.cluster_if_unlabelled``)."""
+
+    block: ClassVar[str] = "preprocessing.clustering"
+    resolution: float = 1.0
+    n_top_genes: int = 2000
+    n_pcs: int = 30
+    n_neighbors: int = 15
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class PreprocessingSettings(Settings):
     block: ClassVar[str] = "preprocessing"
     qc: QCSettings = _nested(QCSettings)
     min_cells_per_type: int = 10
     target_sum: float = 10_000.0
+    clustering: ClusteringSettings = _nested(ClusteringSettings)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``python -m cellsynth sample``: synthetic cells from a fitted generator, without Kedro (not ``cli.py``:
 Kedro reads a project's ``cli.py`` as its command group).
 
-``python -m cellsynth sample --model data/06_models/maf/fold_0 --n 1000 --cell-types B=200,NK=800
+``python -m cellsynth sample --model data/06_models/pbmc3k/maf/fold_0 --n 1000 --cell-types B=200,NK=800
 --seed 0 --out cells.h5ad`` loads the checkpoint folder with :meth:`Generator.load`, samples and
 writes an ``.h5ad``. Mistakes (no checkpoint in the folder, a type the model never saw, counts that
 do not add up to ``--n``) end with one line on stderr and exit status 2, not a traceback.
@@ -58,10 +58,10 @@ def sample_parser() -> argparse.ArgumentParser:
             "log-normalised expression of the training HVGs, obs the cell type, 'synthetic', "
             "'generator' and 'label_source'."
         ),
-        epilog="example: python -m cellsynth sample --model data/06_models/maf/fold_0 --n 500 "
+        epilog="example: python -m cellsynth sample --model data/06_models/pbmc3k/maf/fold_0 --n 500 "
         "--cell-types 'B=200,NK=300' --out cells.h5ad",
     )
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint folder, e.g. data/06_models/maf/fold_0")
+    parser.add_argument("--model", required=True, type=Path, help="checkpoint folder, e.g. data/06_models/pbmc3k/maf/fold_0")
     parser.add_argument("--n", required=True, type=int, help="number of cells to sample")
     parser.add_argument(
         "--cell-types",

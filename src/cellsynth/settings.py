@@ -20,12 +20,16 @@ warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from cellsynth.project_lock import ProjectLockHook  # noqa: E402
+from cellsynth.provenance_hook import ProvenanceHook  # noqa: E402
 from cellsynth.run_matrix import RunMatrixHook  # noqa: E402
 from cellsynth.summary import RunSummaryHook  # noqa: E402
 from cellsynth.tracking.hooks import MlflowTrackingHook  # noqa: E402
 from cellsynth.validation_hook import ParameterValidationHook  # noqa: E402
 
-HOOKS = (RunMatrixHook(), ParameterValidationHook(), ProjectLockHook(), MlflowTrackingHook(), RunSummaryHook())
+# Among the tryfirst before_pipeline_run hooks the last registered runs first: the lock, the parameters, then
+# the provenance of the outputs the run reuses, all before MLflow opens a run.
+HOOKS = (RunMatrixHook(), ProvenanceHook(), ParameterValidationHook(), ProjectLockHook(), MlflowTrackingHook(),
+         RunSummaryHook())
 
 # kedro-telemetry (pulled in by kedro-viz) must stay silent.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

@@ -8,7 +8,7 @@ which pipeline comes next.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,34 @@ NEXT_PIPELINE = {
 }
 
 
-def next_step(pipeline_names: Iterable[str], env: str | None) -> str | None:
-    """The command of the pipeline after the last one that ran (``None`` after ``downstream`` or all)."""
+def next_step(pipeline_names: Iterable[str], env: str | None, params_option: str = "") -> str | None:
+    """The command of the pipeline after the last one that ran (``None`` after ``downstream`` or all).
+
+    ``params_option`` is this run's ``--params`` argument: the next run must describe the same data
+    (its provenance check refuses outputs made with other parameters)."""
     names = [name for name in pipeline_names if name in NEXT_PIPELINE or name in ("downstream", "__default__")]
     if not names or any(name in ("downstream", "__default__") for name in names):
         return None
     order = list(NEXT_PIPELINE)
     following, what = NEXT_PIPELINE[max(names, key=order.index)]
     env_option = f" --env {env}" if env and env != "local" else ""
-    return f"kedro run --pipelines {following}{env_option}   ({what})"
+    params = f' --params "{params_option}"' if params_option else ""
+    return f"kedro run --pipelines {following}{env_option}{params}   ({what})"
+
+
+def params_option(runtime_params: Mapping[str, Any] | None) -> str:
+    """``--params`` text that gives a later run the same runtime parameters (``a.b=1,c=x+y``)."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, prefix: str) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = "+".join(map(str, value)) if isinstance(value, list | tuple) else value
+
+    walk(runtime_params or {}, "")
+    return ",".join(f"{key}={'null' if value is None else value}" for key, value in flat.items())
 
 
 def runs_table_url(experiment_id: str, ui: str = MLFLOW_UI) -> str:
@@ -60,6 +79,8 @@ def closing_summary(
     experiment: str | None,
     tracking_uri: str | None,
     experiment_id: str | None = None,
+    dataset: str = "<dataset>",
+    runtime_params: Mapping[str, Any] | None = None,
 ) -> str:
     """The lines :class:`RunSummaryHook` logs (plain text, one item per line); with ``experiment_id``
     the MLflow line links the experiment's runs table (:func:`runs_table_url`)."""
@@ -70,14 +91,14 @@ def closing_summary(
     elif report is not None and report.exists():
         lines.append(f"  report:  {report} (not rebuilt by this run: evaluation and downstream rebuild it)")
     if "generation" in pipeline_names or "__default__" in pipeline_names:
-        lines.append("  models:  data/06_models/<generator>/fold_<k>/ (sample from one: python -m cellsynth sample --help)")
+        lines.append(f"  models:  data/06_models/{dataset}/<generator>/fold_<k>/ (sample from one: python -m cellsynth sample --help)")
     if experiment is not None:
         where = "" if tracking_uri in (None, "sqlite:///mlflow.db") else f" (store {tracking_uri})"
         if experiment_id is not None:
             lines.append(f"  MLflow:  make mlflow, then {runs_table_url(experiment_id)}   ({experiment}{where})")
         else:
             lines.append(f"  MLflow:  make mlflow, then {MLFLOW_UI} > Model training > {experiment}{where}")
-    command = next_step(pipeline_names, env)
+    command = next_step(pipeline_names, env, params_option(runtime_params))
     if command is not None:
         lines.append(f"  next:    {command}")
     return "\n".join(lines)
@@ -115,6 +136,8 @@ class RunSummaryHook:
                 experiment=experiment,
                 tracking_uri=tracking.tracking_uri,
                 experiment_id=self._experiment_id(experiment, tracking.tracking_uri),
+                dataset=str(dataset_name),
+                runtime_params=run_params.get("runtime_params"),
             ),
         )
 

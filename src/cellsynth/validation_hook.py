@@ -87,11 +87,15 @@ def validate_parameters(params: dict[str, Any], *, generators: bool = True, proj
     from cellsynth.data import integration
     from cellsynth.run_matrix import RunMatrix
 
-    if isinstance(params.get("dataset"), dict) and params["dataset"].get("label_key", "") is None and not params.get("datasets"):
+    dataset = params.get("dataset")
+    if (isinstance(dataset, dict) and dataset.get("label_key", "") is None and not params.get("datasets")
+            and not dataset.get("cluster_if_unlabelled")):
         raise ConfigError(
             "dataset.label_key is null: cellsynth models cells per cell type, so each cell needs a label. "
-            "Unlabelled data: cluster it first (e.g. scanpy.pp.neighbors + scanpy.tl.leiden) and set "
-            "dataset.label_key to the cluster column.")
+            "Unlabelled data: set dataset.cluster_if_unlabelled: true (--params "
+            "dataset.cluster_if_unlabelled=true) to label the cells by Leiden clusters after QC (named "
+            "'cluster 0', 'cluster 1', ... in every table; preprocessing.clustering sets the resolution), or "
+            "cluster it first yourself and set dataset.label_key to the cluster column.")
     parsed = {block: cls.from_params(params.get(block)) for block, cls in BLOCKS.items()}
     matrix = RunMatrix.from_params(params)
     if project_path is not None:

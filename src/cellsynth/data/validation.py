@@ -42,14 +42,44 @@ class ValidationReport:
     notes: list[str] = field(default_factory=list)
 
 
+ORIGINAL_SOURCE = (
+    "cellsynth expects raw integer counts, which cannot be recovered from normalised values: take them "
+    "from the data's original source (e.g. Cell Ranger's filtered_feature_bc_matrix, or the counts deposited "
+    'with the publication) and store them in X or layers["counts"] of your .h5ad.'
+)
+
+
+def _is_counts(matrix) -> bool:
+    """Whether ``matrix`` holds non-negative integers (a sample of its values)."""
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix).ravel()
+    values = np.asarray(values[:200_000], dtype=np.float64)
+    return bool(np.isfinite(values).all() and (values >= 0).all() and (values == np.round(values)).all())
+
+
+def _no_counts_anywhere(adata: AnnData, source: str, what: str) -> InputDataError:
+    """The error for a file in which no layer, nor ``X``, nor ``.raw`` holds raw counts."""
+    if adata.raw is not None and _is_counts(adata.raw.X):
+        return InputDataError(
+            f"{source}: {what}. Its .raw holds integer values: if those are the raw counts, save them as a "
+            'layer (adata.layers["counts"] = adata.raw[:, adata.var_names].X, then write the file) and set '
+            'dataset.counts_layer: counts.')
+    return InputDataError(f"{source}: {what}, and no layer or .raw holds integer counts. {ORIGINAL_SOURCE}")
+
+
 def _counts_matrix(adata: AnnData, counts_layer: str | None, source: str) -> tuple[sp.csr_matrix, str]:
     if counts_layer is not None:
         if counts_layer not in adata.layers:
-            raise InputDataError(
-                f"{source}: counts_layer={counts_layer!r} is not a layer of this file "
-                f"(layers: {list(adata.layers.keys()) or 'none'}). Set dataset.counts_layer to one of them, "
-                "or to null to read raw counts from X."
-            )
+            layers = list(adata.layers.keys())
+            if layers:
+                raise InputDataError(
+                    f"{source}: counts_layer={counts_layer!r} is not a layer of this file (layers: {layers}). "
+                    "Set dataset.counts_layer to the one that holds raw counts.")
+            if adata.X is not None and _is_counts(adata.X):
+                raise InputDataError(
+                    f"{source}: counts_layer={counts_layer!r} is not a layer of this file (it has no layers); X "
+                    "holds integer counts: set dataset.counts_layer to null to read them from X.")
+            raise _no_counts_anywhere(adata, source, f"counts_layer={counts_layer!r} is not a layer of this file "
+                                      "(it has no layers) and X does not hold raw counts")
         matrix, where = adata.layers[counts_layer], f'layers["{counts_layer}"]'
     elif "counts" in adata.layers:
         matrix, where = adata.layers["counts"], 'layers["counts"]'
@@ -61,10 +91,13 @@ def _counts_matrix(adata: AnnData, counts_layer: str | None, source: str) -> tup
     return matrix, where
 
 
-def _check_raw_counts(matrix: sp.csr_matrix, where: str, source: str) -> None:
+def _check_raw_counts(matrix: sp.csr_matrix, where: str, source: str, adata: AnnData | None = None) -> None:
+    other_layers = [k for k in (adata.layers.keys() if adata is not None else []) if f'"{k}"' not in where]
     values = matrix.data
     if not np.isfinite(values).all():
         raise InputDataError(f"{source}: {where} holds NaN or infinite values; cellsynth expects raw counts.")
+    if values.size and values.min() < 0 and adata is not None and not other_layers:
+        raise _no_counts_anywhere(adata, source, f"{where} holds negative values (min {values.min():g})")
     if values.size and values.min() < 0:
         raise InputDataError(
             f"{source}: {where} holds negative values (min {values.min():g}). cellsynth expects raw, "
@@ -72,12 +105,15 @@ def _check_raw_counts(matrix: sp.csr_matrix, where: str, source: str) -> None:
             '(often layers["counts"]), or export the raw counts from your pipeline.'
         )
     fractional = values != np.round(values)
+    if fractional.any() and adata is not None and not other_layers:
+        raise _no_counts_anywhere(adata, source, f"{where} holds non-integer values (e.g. {values[fractional][0]:g}): "
+                                  "it looks normalised or log-transformed")
     if fractional.any():
         example = values[fractional][0]
         raise InputDataError(
             f"{source}: {where} holds non-integer values (e.g. {example:g}): it looks normalised or "
             "log-transformed. cellsynth expects raw integer counts (it normalises them itself): point "
-            'dataset.counts_layer at the layer that holds them (often layers["counts"]).'
+            f'dataset.counts_layer at the layer that holds them (layers: {other_layers}).'
         )
 
 
@@ -85,7 +121,7 @@ def validate_counts(
     adata: AnnData,
     *,
     source: str,
-    label_key: str,
+    label_key: str | None,
     batch_key: str | None = None,
     counts_layer: str | None = None,
 ) -> tuple[AnnData, ValidationReport]:
@@ -97,6 +133,8 @@ def validate_counts(
     counts (negative or non-integer), fewer than two cell types. Makes duplicate cell or gene names
     unique (warned). Cells without a label keep ``NaN`` in ``obs["cell_type"]`` (counted in the
     report) so that gene filters see every cell; :func:`drop_unusable_cells` drops them after QC.
+    ``label_key=None`` (unlabelled data, to be labelled by :mod:`cellsynth.data.clustering` after QC):
+    every cell is unlabelled and the label checks are left to that step.
 
     Returns
     -------
@@ -112,11 +150,14 @@ def validate_counts(
                 f"Available obs columns: {list(adata.obs.columns)}."
             )
     matrix, where = _counts_matrix(adata, counts_layer, source)
-    _check_raw_counts(matrix, where, source)
+    _check_raw_counts(matrix, where, source, adata)
     report = ValidationReport(source=source, counts_from=where, n_cells_in=adata.n_obs, n_genes_in=adata.n_vars)
 
     obs = pd.DataFrame(index=adata.obs_names.astype(str))
-    labels = adata.obs[label_key]
+    if label_key is None:
+        labels = pd.Series(np.nan, index=adata.obs_names, dtype=object)
+    else:
+        labels = adata.obs[label_key]
     labelled = labels.notna().to_numpy() & ~labels.astype(str).str.strip().str.lower().isin(MISSING_LABELS).to_numpy()
     obs[LABEL_KEY] = labels.astype(str).to_numpy()
     if batch_key is not None:
@@ -125,8 +166,11 @@ def validate_counts(
     clean = AnnData(X=matrix, obs=obs, var=var)
 
     report.n_unlabelled = int((~labelled).sum())
-    if not labelled.any():
-        raise InputDataError(f"{source}: no cell has a label in obs[{label_key!r}].")
+    if not labelled.any() and label_key is not None:
+        raise InputDataError(
+            f"{source}: no cell has a label in obs[{label_key!r}]. Point dataset.label_key at the cell-type "
+            "column, or, for unlabelled data, set dataset.label_key: null and dataset.cluster_if_unlabelled: "
+            "true (Leiden clusters as labels).")
     # Unlabelled cells stay through QC (as in the Seurat tutorial, gene filters see every cell)
     # and are dropped with a count by drop_unusable_cells().
     clean.obs.loc[~labelled, LABEL_KEY] = np.nan
@@ -142,7 +186,7 @@ def validate_counts(
 
     clean.obs[LABEL_KEY] = pd.Categorical(clean.obs[LABEL_KEY])
     n_types = clean.obs[LABEL_KEY].nunique(dropna=True)
-    if n_types < 2:
+    if n_types < 2 and label_key is not None:
         raise InputDataError(
             f"{source}: obs[{label_key!r}] has {n_types} cell type(s); cellsynth needs at least 2 "
             "(it stratifies folds and evaluates per type)."

@@ -11,6 +11,7 @@ from cellsynth.datasets.atomic import (
     TextDataset,
 )
 from cellsynth.datasets.generator_dataset import GeneratorDataset
+from cellsynth.datasets.provenance_dataset import ProvenanceDataset
 from cellsynth.datasets.reference_space import ReferenceSpaceDataset
 from cellsynth.datasets.section_dataset import ReportSectionDataset
 
@@ -23,6 +24,7 @@ __all__ = [
     "JSONDataset",
     "ParquetDataset",
     "PickleDataset",
+    "ProvenanceDataset",
     "ReferenceSpaceDataset",
     "ReportSectionDataset",
     "TextDataset",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
 from kedro.io.core import AbstractDataset, DatasetError
 
+from cellsynth import provenance
 from cellsynth.data.integration import parse_dataset_specs
 
 
@@ -36,6 +38,8 @@ class AnnDataCollectionDataset(AbstractDataset[dict[str, ad.AnnData], None]):
             if not Path(spec.path).is_file():
                 raise DatasetError(f"{spec.source}: no such file. Fix its path in the `datasets` list.")
             loaded[spec.name] = ad.read_h5ad(spec.path)
+            # The file's content hash: what every output of these datasets was made from.
+            loaded[spec.name].uns[provenance.FILE_KEY] = json.dumps(provenance.file_fingerprint(spec.path))
         return loaded
 
     def save(self, data: Any) -> None:

@@ -7,12 +7,14 @@ place with ``os.replace``, so an interrupted save never leaves a truncated ``.h5
 from __future__ import annotations
 
 import glob
+import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anndata as ad
 from kedro.io.core import AbstractVersionedDataset, DatasetError, Version
 
+from cellsynth import provenance
 from cellsynth.datasets.atomic import atomic_file
 
 
@@ -23,7 +25,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
 
         fold_0.train:
           type: cellsynth.datasets.AnnDataDataset
-          filepath: data/05_model_input/fold_0/train.h5ad
+          filepath: data/05_model_input/pbmc3k/fold_0/train.h5ad
           save_args:
             compression: gzip
 
@@ -37,6 +39,10 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         Keyword arguments of :meth:`anndata.AnnData.write_h5ad` (e.g. ``compression: gzip``).
     version
         Kedro versioning (``versioned: true`` in the catalog).
+    fingerprint
+        Put the file's size, time and SHA-256 (:func:`cellsynth.provenance.file_fingerprint`) in
+        ``uns["cellsynth_file"]`` of what is loaded: the user's input file, whose content hash names the
+        data every output was made from.
     metadata
         Free-form metadata, ignored by Kedro (shown in kedro-viz).
     """
@@ -48,6 +54,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         load_args: dict[str, Any] | None = None,
         save_args: dict[str, Any] | None = None,
         version: Version | None = None,
+        fingerprint: bool = False,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
@@ -58,6 +65,7 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         )
         self._load_args = dict(load_args or {})
         self._save_args = dict(save_args or {})
+        self._fingerprint = bool(fingerprint)
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
@@ -73,9 +81,12 @@ class AnnDataDataset(AbstractVersionedDataset[ad.AnnData, ad.AnnData]):
         if not path.is_file():
             raise DatasetError(f"No .h5ad file at '{path}'. Check the path (relative paths start at the project root).")
         try:
-            return ad.read_h5ad(path, **self._load_args)
+            adata = ad.read_h5ad(path, **self._load_args)
         except OSError as exc:
             raise DatasetError(f"'{path}' is not a readable .h5ad file: {exc}") from exc
+        if self._fingerprint:
+            adata.uns[provenance.FILE_KEY] = json.dumps(provenance.file_fingerprint(path))
+        return adata
 
     def save(self, data: ad.AnnData) -> None:
         if not isinstance(data, ad.AnnData):

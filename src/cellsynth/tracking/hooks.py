@@ -31,6 +31,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from cellsynth import provenance
 from cellsynth.config import DatasetSettings, TrackingSettings
 from cellsynth.tracking import convert, runs
 
@@ -98,10 +99,23 @@ class MlflowTrackingHook:
             params=params,
             tags={"kedro.session_id": str(run_params.get("run_id") or run_params.get("session_id")),
                   "kedro.env": str(run_params.get("env") or "local"),
-                  "kedro.pipelines": ",".join(pipeline_names), "dataset": dataset.name},
+                  "kedro.pipelines": ",".join(pipeline_names), "dataset": dataset.name,
+                  **self._dataset_tags()},
         )
         if runs.parent_run_open():
             self._catch_signals()
+
+    def _dataset_tags(self) -> dict[str, str]:
+        """The data the run's cells came from: each input file's path and SHA-256 (the provenance hook
+        has checked that the outputs this run reuses were made from these)."""
+        try:
+            record = provenance.expected_record(self._params, ("dataset",), project_path=self._project_path)
+        except Exception as exc:  # noqa: BLE001 - a tag must never stop a run
+            log.warning("MLflow: the dataset's provenance tags are left out (%s)", exc)
+            return {}
+        inputs = record["dataset"]["inputs"]
+        return {"dataset.source": provenance.describe(record),
+                **{f"dataset.sha256.{runs.metric_key(name)}": str(entry.get("sha256")) for name, entry in inputs.items()}}
 
     @hook_impl
     def before_node_run(self, node) -> None:

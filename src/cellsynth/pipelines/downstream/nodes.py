@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 
 from cellsynth import downstream as ds
+from cellsynth import provenance
 from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSettings, MarkerSettings
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
@@ -80,7 +81,7 @@ def real_cell_markers(
     ranking = _rank(real, settings.markers, f"fold {fold} real cells (train + test)")
     top = ds.top_markers(ranking, **settings.markers.selection())
     candidates = ds.candidate_markers(top)
-    expected = settings.markers.expected.get(DatasetSettings.from_params(dataset).name) or {}
+    expected = settings.markers.expected.get(provenance.dataset_name(train, dataset)) or {}
     check = ds.check_expected_markers(top, expected, genes=list(real.var_names),
                                       cell_types=sorted(set(ranking["cell_type"])))
     if len(check):
@@ -288,7 +289,7 @@ def build_downstream_section(
                      "their genes among the fold's HVGs and detected); the others cannot be analysed.")
         tables.append(Table(f"Candidate markers of the real cells, fold {k} (S1 Table, first {n_markers} per type)",
                             figures.marker_summary_rows(candidates, n_markers),
-                            [marker_note, f"Full table: data/08_reporting/downstream/fold_{k}/candidate_markers_real.csv."]))
+                            [marker_note, f"Full table: data/08_reporting/{name}/downstream/fold_{k}/candidate_markers_real.csv."]))
         if len(check):
             shown = check.assign(position=check["position"].map(lambda v: "–" if pd.isna(v) else str(int(v))))
             tables.append(Table(f"Textbook markers among the real cells' markers, fold {k} ({name})",
@@ -313,11 +314,11 @@ def build_downstream_section(
                            interaction_summary(interactions_rmse),
                            [f"LIANA CellPhoneDB, resource {i.resource_name}, expr_prop {i.expr_prop}, "
                             f"{i.n_perms} permutations (seed {i.seed}), min {i.min_cells} cells per type.",
-                            "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
+                            f"Full table: data/08_reporting/{name}/interactions_rmse.csv (types left out in "
                             "types_excluded)."], label_columns=2))
     tables.insert(0, Table("Marker preservation against the test cells",
                            preservation_summary(marker_preservation),
-                           [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))
+                           [marker_note, f"Per cell type: data/08_reporting/{name}/marker_preservation.csv."]))
     choice = i.real_plus_synthetic
     facts = [
         f"Dataset: {name}; folds: {', '.join(str(k) for k in folds)}; generators: {', '.join(generators) or 'none'}",

@@ -15,6 +15,7 @@ import pandas as pd
 from anndata import AnnData
 
 from cellsynth import evaluation as ev
+from cellsynth import provenance
 from cellsynth.config import DatasetSettings, EvaluationSettings
 from cellsynth.evaluation import gene_figures
 from cellsynth.evaluation.report import evaluation_section
@@ -50,7 +51,7 @@ def evaluate_real_data(
 ) -> pd.DataFrame:
     """The fold's real rows: the paper's "train vs test" and the honest floor (half B vs half A)."""
     frame = ev.real_metrics(train, test, reference_space, honest_split, EvaluationSettings.from_params(evaluation),
-                            dataset=DatasetSettings.from_params(dataset).name, fold=fold)
+                            dataset=provenance.dataset_name(train, dataset), fold=fold)
     floor = frame[(frame["generator"] == FLOOR) & (frame["cell_type"] == ALL_TYPES)].set_index("metric")["value"]
     log.info("fold %d floor (B vs A): WD %.4f, CD %.4f, MMD %.5f, C2ST %.3f", fold, floor.get("wd", float("nan")),
              floor.get("cd", float("nan")), floor.get("mmd", float("nan")), floor.get("c2st_auc", float("nan")))
@@ -63,7 +64,7 @@ def evaluate_real_fair(train: AnnData, test: AnnData, evaluation: dict[str, Any]
     settings = EvaluationSettings.from_params(evaluation)
     if not settings.fair.enabled:
         return ev.long_frame([])
-    return ev.fair_metrics(train, test, None, settings, dataset=DatasetSettings.from_params(dataset).name, fold=fold)
+    return ev.fair_metrics(train, test, None, settings, dataset=provenance.dataset_name(train, dataset), fold=fold)
 
 
 def classify_real_only(
@@ -71,7 +72,7 @@ def classify_real_only(
 ) -> pd.DataFrame:
     """Random forest trained on the real training cells alone, scored on the test cells."""
     return ev.utility_metrics(train, test, None, EvaluationSettings.from_params(evaluation),
-                              dataset=DatasetSettings.from_params(dataset).name, fold=fold)
+                              dataset=provenance.dataset_name(train, dataset), fold=fold)
 
 
 def plot_fold_pca(
@@ -133,7 +134,7 @@ def evaluate_synthetic(
     added when the rows are collected, so a generator's scoring does not wait for the real rows)."""
     frame, sample = ev.generator_metrics(
         train, test, synthetic, upsample, reference_space, honest_split, None,
-        EvaluationSettings.from_params(evaluation), dataset=DatasetSettings.from_params(dataset).name,
+        EvaluationSettings.from_params(evaluation), dataset=provenance.dataset_name(train, dataset),
         generator=generator, fold=fold,
     )
     values = frame[frame["cell_type"] == ALL_TYPES].set_index(["protocol", "metric"])["value"]
@@ -150,7 +151,7 @@ def evaluate_synthetic_fair(train: AnnData, test: AnnData, synthetic: AnnData, e
     settings = EvaluationSettings.from_params(evaluation)
     if not settings.fair.enabled:
         return ev.long_frame([])
-    frame = ev.fair_metrics(train, test, synthetic, settings, dataset=DatasetSettings.from_params(dataset).name,
+    frame = ev.fair_metrics(train, test, synthetic, settings, dataset=provenance.dataset_name(train, dataset),
                             fold=fold, generator=generator)
     values = frame.set_index(["protocol", "metric"])["value"]
     log.info("%s fold %d (fair): detection AUC %.3f, within-type AUC %.3f, correlation r %.3f, memorisation %.2f",
@@ -179,7 +180,7 @@ def classify_with_synthetic(
 ) -> pd.DataFrame:
     """Random forest trained on real training + the generator's up-sampling cells."""
     return ev.utility_metrics(train, test, upsample, EvaluationSettings.from_params(evaluation),
-                              dataset=DatasetSettings.from_params(dataset).name, fold=fold, generator=generator)
+                              dataset=provenance.dataset_name(train, dataset), fold=fold, generator=generator)
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -260,7 +261,8 @@ def build_evaluation_section(
     pca_figures, umaps, gene_stats, correlations = (
         fold_figures[i * len(folds) : (i + 1) * len(folds)] for i in range(4)
     )
-    name = DatasetSettings.from_params(dataset).name
+    # The dataset the metrics' cells came from (their rows carry it), the parameters only for an empty table.
+    name = str(metrics["dataset"].iloc[0]) if len(metrics) else DatasetSettings.from_params(dataset).name
     generators = [g for g in ev.tables.generator_order(metrics["generator"]) if g not in REAL_ROWS]
     published = []
     if name.lower() == "pbmc3k":
@@ -310,7 +312,7 @@ def build_evaluation_section(
     summary_lines = [
         f"Folds: {', '.join(str(k) for k in sorted(metrics['fold'].unique()))}",
         f"Generators: {', '.join(generators) or 'none'}",
-        f"Metrics rows: {len(metrics)} (data/08_reporting/metrics.parquet)",
+        f"Metrics rows: {len(metrics)} (data/08_reporting/{name}/metrics.parquet)",
         f"Verdict: {sentence}",
         f"Utility: {utility}",
     ]

@@ -128,7 +128,7 @@ def create_pipeline(matrix: RunMatrix, **kwargs) -> Pipeline:
       ``classify_with_synthetic`` (random forest on real + up-sampling cells), ``evaluate_synthetic_fair``
       (fair protocol); ``verdict_of_run_<generator>_fold_<k>`` writes ``<generator>.fold_<k>.verdict``
       (the verdict row logged to the generator × fold run);
-    * reporting: ``collect_metrics`` (``data/08_reporting/metrics.parquet``), ``summarise_metrics``,
+    * reporting: ``collect_metrics`` (``data/08_reporting/<dataset>/metrics.parquet``), ``summarise_metrics``,
       ``make_tables``, ``make_verdict`` (``verdict.csv``), the figures (``plot_reference_pca_fold_<k>`` draws ``fold_<k>.pca_figure``) and
       ``build_evaluation_section`` (the report's evaluation section; the ``report`` pipeline assembles
       ``report.html``).

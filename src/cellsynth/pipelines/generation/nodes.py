@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 from anndata import AnnData
 
+from cellsynth import provenance
 from cellsynth.config import GenerationSettings
 from cellsynth.generators import GENERATORS, Generator, PerTypeGenerator, matched_counts, q3_upsample_counts
 from cellsynth.profiling import measure
@@ -105,8 +106,11 @@ def generate_cells(
 
     run = {"generator": generator, "fold": int(fold), "strategy": settings.strategy, "preset": settings.preset,
            "seed": seed}
+    record = provenance.with_sections(
+        provenance.record_of(train), generation=provenance.generation_section(generation, generator_presets, generator))
     for mode, cells in (("matched", synthetic), ("upsample", upsample)):
         cells.uns["cellsynth"] = {**run, "mode": mode, **timings}
+        provenance.stamp(cells, record)
     record = {
         "params": {**run, "n_train_cells": train.n_obs, "n_genes": train.n_vars,
                    "n_matched_cells": n_cells["matched"], "n_upsample_cells": n_cells["upsample"],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 from typing import Any
 
 import pandas as pd
 from anndata import AnnData
 
+from cellsynth import provenance
 from cellsynth.config import (
     DatasetSettings,
     IntegrationSettings,
@@ -18,8 +20,10 @@ from cellsynth.config import (
     SplittingSettings,
 )
 from cellsynth.data import InputDataError, integration, normalise, quality_control, validate_counts
+from cellsynth.data.clustering import leiden_clusters
 from cellsynth.data.validation import drop_unusable_cells
 from cellsynth.reporting.figures import figure_to_png
+from cellsynth.schema import LABEL_KEY
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,23 @@ def validate_input(raw_cells: AnnData, dataset: dict[str, Any]) -> AnnData:
         "%s: %d cells × %d genes, counts read from %s, %d cells without a label",
         report.source, clean.n_obs, clean.n_vars, report.counts_from, report.n_unlabelled,
     )
+    if settings.batch_key is not None:
+        log.warning(
+            "%s: dataset.batch_key=%r is kept as obs['batch'] in every output but not used: one dataset is "
+            "neither batch-corrected nor split by batch. To correct batches, integrate (list the data in "
+            "`datasets`, see docs/integration.md).", settings.path, settings.batch_key)
+    if settings.label_key is None:
+        log.info("%s: no cell-type column (dataset.label_key: null): the cells will be labelled by Leiden clusters "
+                 "after QC (dataset.cluster_if_unlabelled)", settings.path)
     clean.uns["dataset_name"] = settings.name
+    provenance.stamp(clean, {"dataset": provenance.dataset_section(settings, None, {settings.name: _fingerprint(raw_cells)})})
     return clean
+
+
+def _fingerprint(raw: AnnData) -> dict[str, Any] | None:
+    """The input file's fingerprint the raw-file dataset put on what it loaded (``None`` if it did not)."""
+    value = raw.uns.get(provenance.FILE_KEY)
+    return json.loads(value) if isinstance(value, str) else None
 
 
 def filter_cells_and_genes(
@@ -48,6 +67,11 @@ def filter_cells_and_genes(
     settings = PreprocessingSettings.from_params(preprocessing)
     data = DatasetSettings.from_params(dataset)
     filtered, summary = _qc(validated_counts, settings.qc, data.path)
+    if data.label_key is None and data.cluster_if_unlabelled:
+        filtered = _label_by_clusters(filtered, settings, data.path, same_as=validated_counts)
+        n_clusters = filtered.obs[LABEL_KEY].nunique()
+        summary.loc[len(summary)] = [f"labelled by Leiden clustering ({n_clusters} clusters, resolution "
+                                     f"{settings.clustering.resolution:g})", filtered.n_obs, filtered.n_vars]
     kept, dropped, unlabelled = drop_unusable_cells(
         filtered, settings.min_cells_per_type, source=data.path,
         n_folds=SplittingSettings.from_params(splitting).n_folds,
@@ -58,12 +82,40 @@ def filter_cells_and_genes(
         step = f"cell types with >= {settings.min_cells_per_type} cells (dropped {dropped})"
         summary.loc[len(summary)] = [step, kept.n_obs, kept.n_vars]
     summary.insert(0, "dataset", data.name)
+    if kept is validated_counts:  # nothing removed: the record goes on a copy, never on the input
+        kept = kept.copy()
+    provenance.stamp(kept, provenance.with_sections(
+        provenance.record_of(validated_counts),
+        preprocessing=provenance.preprocessing_section(preprocessing, splitting)))
     return kept, summary
+
+
+def _label_by_clusters(cells: AnnData, settings: PreprocessingSettings, source: str, *, same_as: AnnData) -> AnnData:
+    """``cells`` with ``obs["cell_type"]`` = their Leiden cluster (``cluster 0`` the largest), a new object."""
+    c = settings.clustering
+    clusters = leiden_clusters(cells, resolution=c.resolution, n_top_genes=c.n_top_genes, n_pcs=c.n_pcs,
+                               n_neighbors=c.n_neighbors, seed=c.seed, target_sum=settings.target_sum)
+    labelled = cells.copy() if cells is same_as else cells
+    labelled.obs[LABEL_KEY] = clusters
+    sizes = labelled.obs[LABEL_KEY].value_counts().to_dict()
+    log.warning("%s: unlabelled cells labelled by Leiden clustering: %d clusters (%s); they stand for cell types "
+                "in every table, figure and model", source, len(sizes),
+                ", ".join(f"{k}: {v}" for k, v in sizes.items()))
+    return labelled
 
 
 def log_normalise(qc_cells: AnnData, preprocessing: dict[str, Any]) -> AnnData:
     """Library-size normalisation and log1p; raw counts kept in ``layers["counts"]``."""
     return normalise(qc_cells, target_sum=PreprocessingSettings.from_params(preprocessing).target_sum)
+
+
+def record_provenance(qc_cells: AnnData) -> dict[str, Any]:
+    """The preprocessed cells' provenance record (input files' hashes, parameters) on its own, for the
+    report and MLflow (normalisation and batch correction keep it as it is)."""
+    record = provenance.record_of(qc_cells)
+    if record is None:
+        raise InputDataError("the QC'd cells have no provenance record: rerun the preprocessing pipeline.")
+    return record
 
 
 # ----------------------------------------------------------------------------- several datasets
@@ -87,6 +139,8 @@ def load_datasets(
             "%s: %d cells × %d genes, counts read from %s, %d cells without a label",
             report.source, clean.n_obs, clean.n_vars, report.counts_from, report.n_unlabelled,
         )
+        if provenance.FILE_KEY in raw_datasets[spec.name].uns:
+            clean.uns[provenance.FILE_KEY] = raw_datasets[spec.name].uns[provenance.FILE_KEY]
         validated[spec.name] = clean
     overlap = integration.check_gene_overlap(
         {name: a.var_names for name, a in validated.items()},
@@ -153,6 +207,12 @@ def combine_datasets(
     combined_summary = pd.DataFrame(rows, columns=["step", "n_cells", "n_genes"])
     combined_summary.insert(0, "dataset", name)
     kept.uns["dataset_name"] = name
+    files = {n: _fingerprint(validated_datasets[n]) for n in parts}
+    provenance.stamp(kept, {
+        "dataset": provenance.dataset_section(dataset, datasets, files),
+        "preprocessing": provenance.preprocessing_section(preprocessing, splitting, integration_params, label_mapping,
+                                                          several=True),
+    })
     kept.uns["integration"] = {
         "datasets": list(parts),
         "n_shared_genes": int(len(genes)),

@@ -25,6 +25,7 @@ from cellsynth.pipelines.preprocessing.nodes import (
     filter_cells_and_genes,
     load_datasets,
     log_normalise,
+    record_provenance,
     score_integration,
     validate_input,
 )
@@ -49,6 +50,8 @@ def create_pipeline(datasets: Sequence[Any] | None = None, **kwargs) -> Pipeline
                 name="quality_control",
             ),
             node(log_normalise, ["qc_cells", "params:preprocessing"], "normalised_cells", name="normalise"),
+            # From the in-memory qc_cells (the same record): no second read of normalised_cells.
+            node(record_provenance, "qc_cells", "dataset_provenance", name="record_provenance"),
         ]
     )
 
@@ -74,6 +77,7 @@ def _integration_pipeline() -> Pipeline:
             ),
             node(log_normalise, ["qc_cells", "params:preprocessing"], "uncorrected_cells", name="normalise"),
             node(correct_batches, ["uncorrected_cells", "params:integration"], "normalised_cells", name="batch_correction"),
+            node(record_provenance, "qc_cells", "dataset_provenance", name="record_provenance"),
             node(
                 score_integration,
                 ["normalised_cells", "integration_genes", "label_harmonisation", "params:integration", "params:dataset"],

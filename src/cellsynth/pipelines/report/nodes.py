@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cellsynth import provenance
 from cellsynth.config import DatasetSettings, GenerationSettings
 from cellsynth.data import integration
 from cellsynth.downstream import report as downstream_report
@@ -38,11 +39,16 @@ def build_report(
     evaluation_section: str | None,
     integration_section: str | None,
     downstream_section: str | None,
+    dataset_provenance: dict[str, Any] | None,
     parameters: dict[str, Any],
 ) -> str:
     """The self-contained ``report.html``: the evaluation, integration (when several datasets are
-    integrated) and downstream sections, each as last computed for this dataset or a note that it was not."""
-    dataset = DatasetSettings.from_params(parameters.get("dataset")).name
+    integrated) and downstream sections, each as last computed for this dataset or a note that it was not.
+
+    The dataset is named from ``dataset_provenance`` (what preprocessing recorded: its files and their
+    SHA-256), the parameters only when there is no record."""
+    dataset = str(((dataset_provenance or {}).get("dataset") or {}).get("name")
+                  or DatasetSettings.from_params(parameters.get("dataset")).name)
     generators = GenerationSettings.from_params(parameters.get("generation")).generators
     sections = [_checked(evaluation_section, evaluation_report.SECTION_ID, evaluation_report.SECTION_TITLE,
                          "evaluation", dataset)]
@@ -51,7 +57,8 @@ def build_report(
                                  dataset))
     sections.append(_checked(downstream_section, downstream_report.SECTION_ID, downstream_report.SECTION_TITLE,
                              "downstream", dataset))
-    summary = [f"Dataset: {dataset}", f"Folds: {', '.join(str(k) for k in parameters.get('folds_to_run', []))}",
+    source = provenance.describe(dataset_provenance) if dataset_provenance else f"{dataset} (no provenance record)"
+    summary = [f"Dataset: {source}", f"Folds: {', '.join(str(k) for k in parameters.get('folds_to_run', []))}",
                f"Generators: {', '.join(generators) or 'none'}"]
     return page(title=f"cellsynth report: {dataset}", sections=sections, summary_lines=summary,
                 parameters=_shown_parameters(parameters, generators))

@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 from anndata import AnnData
 
+from cellsynth import provenance
 from cellsynth.config import SplittingSettings
 from cellsynth.data import assign_folds, make_fold
 
@@ -22,5 +23,10 @@ def build_fold(
 ) -> tuple[AnnData, AnnData]:
     """Training and test cells of one fold, on HVGs selected from its training cells only."""
     settings = SplittingSettings.from_params(splitting)
-    return make_fold(normalised_cells, fold_assignments, fold=fold, n_top_genes=settings.n_top_genes,
-                     hvg_flavor=settings.hvg_flavor)
+    train, test = make_fold(normalised_cells, fold_assignments, fold=fold, n_top_genes=settings.n_top_genes,
+                            hvg_flavor=settings.hvg_flavor)
+    record = provenance.with_sections(provenance.record_of(normalised_cells),
+                                      splitting=provenance.splitting_section(splitting, fold))
+    for part in (train, test):
+        provenance.stamp(part, record)
+    return train, test
