@@ -92,3 +92,30 @@ def make_fold(
         part.uns["fold"] = {"fold": int(fold), "part": name, "n_hvgs": int(len(hvgs)), "hvg_flavor": hvg_flavor}
     log.info("fold %d: %d training and %d test cells, %d HVGs", fold, train.n_obs, test.n_obs, len(hvgs))
     return train, test
+
+
+def _span(values: np.ndarray) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def describe_type_split(cell_types: pd.DataFrame, labels: pd.Series, folds: pd.DataFrame) -> pd.DataFrame:
+    """How every cell type is split: the cell-type table (``cell_type``, ``status``, counts) with, for the
+    kept types, the test and training cells per fold (``min–max`` over the folds) and the folds whose test
+    part holds the type.
+
+    ``labels``: the cell type of every kept cell, indexed by cell name; ``folds``: :func:`assign_folds`.
+    """
+    test_fold = folds.loc[labels.index.astype(str), "test_fold"].to_numpy()
+    labels = labels.astype(str).to_numpy()
+    n_folds = int(folds["test_fold"].max()) + 1
+    rows = []
+    for cell_type in cell_types["cell_type"].astype(str):
+        in_type = labels == cell_type
+        if not in_type.any():
+            rows.append({"test_cells_per_fold": "–", "training_cells_per_fold": "–", "folds_with_test_cells": 0})
+            continue
+        test = np.bincount(test_fold[in_type], minlength=n_folds)
+        rows.append({"test_cells_per_fold": _span(test), "training_cells_per_fold": _span(in_type.sum() - test),
+                     "folds_with_test_cells": int((test > 0).sum())})
+    return pd.concat([cell_types.reset_index(drop=True), pd.DataFrame(rows)], axis=1)

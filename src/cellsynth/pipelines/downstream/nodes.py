@@ -10,6 +10,7 @@ Reporting: heatmaps (Fig 6) and dot plot (Fig 7) per fold, the ``marker_preserva
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from anndata import AnnData
 
 from cellsynth import downstream as ds
 from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSettings, MarkerSettings
+from cellsynth.data.organism import interaction_resource
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
     REAL_PLUS_SYNTHETIC,
@@ -48,6 +50,15 @@ def _rank(cells: AnnData, markers: MarkerSettings, name: str) -> pd.DataFrame:
     log.info("%s: marker genes ranked in %.1f s (%d cells × %d genes)", name, time.perf_counter() - start,
              cells.n_obs, cells.n_vars)
     return ranking
+
+
+def _for_cells(downstream: dict[str, Any], cells: AnnData) -> DownstreamSettings:
+    """The settings with ``interactions.resource_name: auto`` resolved to the organism of ``cells``
+    (``uns["organism"]``, written by preprocessing; human when absent)."""
+    settings = DownstreamSettings.from_params(downstream)
+    organism = (cells.uns.get("organism") or {}).get("name")
+    resource = interaction_resource(settings.interactions.resource_name, organism)
+    return dataclasses.replace(settings, interactions=dataclasses.replace(settings.interactions, resource_name=resource))
 
 
 def _interactions(cells: AnnData, i: InteractionSettings, name: str) -> pd.DataFrame:
@@ -104,7 +115,7 @@ def reference_markers(train: AnnData, test: AnnData, downstream: dict[str, Any],
 def reference_interactions(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CellPhoneDB interactions of the test cells (the reference) and of the real training cells."""
-    i = DownstreamSettings.from_params(downstream).interactions
+    i = _for_cells(downstream, train).interactions
     return _interactions(test, i, f"fold {fold} test cells"), _interactions(train, i, f"fold {fold} training cells")
 
 
@@ -134,7 +145,7 @@ def real_train_vs_test(
     train_interactions: pd.DataFrame, train: AnnData, downstream: dict[str, Any], *, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The real reference rows: training cells against the test cells (markers and interactions)."""
-    settings = DownstreamSettings.from_params(downstream)
+    settings = _for_cells(downstream, train)
     markers = _preservation_rows(test_ranking, train_ranking, settings.markers, fold=fold,
                                  generator=REAL_TRAIN_VS_TEST, compared=REAL_TRAINING)
     comparison = pd.DataFrame([_comparison_row(test_interactions, train_interactions, settings.interactions, fold=fold,
@@ -179,7 +190,7 @@ def synthetic_interactions(
     cells plus the generator's ``upsample`` cells (default; the paper's augmentation) or its matched
     cells (``downstream.interactions.real_plus_synthetic``).
     """
-    i = DownstreamSettings.from_params(downstream).interactions
+    i = _for_cells(downstream, train).interactions
     only = _interactions(synthetic, i, f"{generator} fold {fold} synthetic only")
     choice, extra = _augmentation(synthetic, upsample, i)
     combined = ds.combine_cells([("real", train), (f"synthetic_{choice}", extra)], LABEL_KEY)
@@ -193,7 +204,7 @@ def score_generator(
     upsample: AnnData, downstream: dict[str, Any], *, generator: str, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Marker preservation and interaction comparison of one generator against the test cells."""
-    settings = DownstreamSettings.from_params(downstream)
+    settings = _for_cells(downstream, train)
     markers = _preservation_rows(test_ranking, ranking, settings.markers, fold=fold, generator=generator,
                                  compared=SYNTHETIC_ONLY)
     choice, extra = _augmentation(synthetic, upsample, settings.interactions)
@@ -274,6 +285,8 @@ def build_downstream_section(
     settings = DownstreamSettings.from_params(downstream)
     n_markers = settings.figures.report_markers_per_type
     m, i = settings.markers, settings.interactions
+    if "resource" in interactions_rmse and len(interactions_rmse):  # auto, as resolved for the cells' organism
+        i = dataclasses.replace(i, resource_name=str(interactions_rmse["resource"].iloc[0]))
     tables: list[Table] = []
     figs: list[Figure] = []
     facts: list[str] = []

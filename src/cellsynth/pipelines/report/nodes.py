@@ -7,6 +7,7 @@ from typing import Any
 
 from cellsynth.config import DatasetSettings, GenerationSettings
 from cellsynth.data import integration
+from cellsynth.data import report as data_report
 from cellsynth.downstream import report as downstream_report
 from cellsynth.evaluation import report as evaluation_report
 from cellsynth.reporting.html import missing_section, page, section_dataset
@@ -35,16 +36,19 @@ def _shown_parameters(parameters: Mapping[str, Any], generators: tuple[str, ...]
 
 
 def build_report(
+    data_section: str | None,
     evaluation_section: str | None,
     integration_section: str | None,
     downstream_section: str | None,
     parameters: dict[str, Any],
 ) -> str:
-    """The self-contained ``report.html``: the evaluation, integration (when several datasets are
-    integrated) and downstream sections, each as last computed for this dataset or a note that it was not."""
+    """The self-contained ``report.html``: the data (QC, cell types), evaluation, integration (when several
+    datasets are integrated) and downstream sections, each as last computed for this dataset or a note that it
+    was not."""
     dataset = DatasetSettings.from_params(parameters.get("dataset")).name
     generators = GenerationSettings.from_params(parameters.get("generation")).generators
-    sections = [_checked(evaluation_section, evaluation_report.SECTION_ID, evaluation_report.SECTION_TITLE,
+    sections = [_checked(data_section, data_report.SECTION_ID, data_report.SECTION_TITLE, "splitting", dataset),
+                _checked(evaluation_section, evaluation_report.SECTION_ID, evaluation_report.SECTION_TITLE,
                          "evaluation", dataset)]
     if parameters.get("datasets"):
         sections.append(_checked(integration_section, integration.SECTION_ID, integration.SECTION_TITLE, "preprocessing",

@@ -11,6 +11,6 @@ def create_pipeline(**kwargs) -> Pipeline:
     (or computed for another dataset) says so in the report.
     """
     return pipeline(
-        [node(build_report, ["evaluation_section", "integration_section", "downstream_section", "parameters"],
+        [node(build_report, ["data_section", "evaluation_section", "integration_section", "downstream_section", "parameters"],
               "report", name="build_report")]
     )
