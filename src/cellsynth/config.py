@@ -200,8 +200,9 @@ class TrackingSettings(Settings):
 class QCSettings(Settings):
     """``preprocessing.qc``: fixed thresholds and/or outliers by median absolute deviations (MAD).
 
-    The default fits any data: a floor of 200 detected genes, then outliers beyond ``n_mads`` MADs of
-    the log detected genes and log library size, and above ``n_mads_mito`` MADs of the mitochondrial %.
+    The default fits any data: a floor of 200 detected genes, then outliers beyond ``n_mads_genes`` MADs
+    of the log detected genes, ``n_mads_counts`` MADs of the log library size, and above ``n_mads_mito``
+    MADs of the mitochondrial %.
     The Seurat PBMC3K thresholds are ``preprocessing.qc_by_dataset`` entries of the PBMC datasets.
     """
 
@@ -210,7 +211,8 @@ class QCSettings(Settings):
     min_genes_per_cell: int | None = 200
     max_genes_per_cell: int | None = None
     max_pct_mito: float | None = None
-    n_mads: float | None = 5.0
+    n_mads_genes: float | None = 5.0
+    n_mads_counts: float | None = 5.0
     n_mads_mito: float | None = 3.0
     mito_prefixes: tuple[str, ...] | None = None
     warn_removed_share: float = 0.5

@@ -99,7 +99,8 @@ def quality_control(
     min_genes_per_cell: int | None = 200,
     max_genes_per_cell: int | None = None,
     max_pct_mito: float | None = None,
-    n_mads: float | None = 5.0,
+    n_mads_genes: float | None = 5.0,
+    n_mads_counts: float | None = 5.0,
     n_mads_mito: float | None = 3.0,
     mito_prefixes: Sequence[str] | None = None,
     warn_removed_share: float = 0.5,
@@ -115,8 +116,9 @@ def quality_control(
       detected genes, ``max_genes_per_cell`` or more (likely doublets), ``max_pct_mito`` % or more
       mitochondrial counts (likely broken cells);
     - thresholds from the data (scanpy's single-cell best-practice guide): among the cells left, those
-      whose log detected genes or log library size lie beyond ``median ± n_mads × MAD``, and those whose
-      mitochondrial % lies above ``median + n_mads_mito × MAD``. Data-driven thresholds fit any
+      whose log detected genes lie beyond ``median ± n_mads_genes × MAD``, whose log library size lies
+      beyond ``median ± n_mads_counts × MAD``, and whose mitochondrial % lies above
+      ``median + n_mads_mito × MAD``. Data-driven thresholds fit any
       technology: a Smart-seq2 file's library sizes are a hundred times an inDrop file's.
 
     ``mito_prefixes``: the mitochondrial gene prefixes (``None``: both ``MT-`` and ``mt-``; the pipeline
@@ -163,8 +165,9 @@ QC that removes more than ``warn_removed_share`` of the cells, or of one type's 
         apply(f"cells with < {max_pct_mito:g}% mitochondrial counts", pct_mito < max_pct_mito,
               f"pct_counts_mt < {max_pct_mito:g}")
     # Outlier thresholds come from the cells the fixed floors kept (empty droplets would drag the median).
-    if n_mads is not None:
-        for column, label, values in (("genes", "detected genes", n_genes), ("counts", "library size", total)):
+    for column, label, values, n_mads in (("genes", "detected genes", n_genes, n_mads_genes),
+                                          ("counts", "library size", total, n_mads_counts)):
+        if n_mads is not None:
             bounds = mad_bounds(values[keep_cells], n_mads) if keep_cells.any() else None
             if bounds is None:
                 log.warning("%s: %s has no spread (MAD 0); its outlier filter removes nothing", source, label)

@@ -19,6 +19,22 @@ MIN_CELLS_FOR_HVGS = 20
 """Fewer training cells than this cannot give a stable mean–variance fit (scikit-misc's loess fails)."""
 
 
+def check_enough_cells(n_cells: int, *, n_folds: int, source: str) -> None:
+    """Refuse, right after QC, data whose training parts would be too small to choose HVGs from.
+
+    Each fold trains on ``(n_folds - 1) / n_folds`` of the cells; fewer than :data:`MIN_CELLS_FOR_HVGS`
+    there would fail inside scikit-misc's loess later, after the QC and the splitting have run.
+    """
+    smallest_training = n_cells - -(-n_cells // n_folds)  # n_cells minus the largest test part
+    if smallest_training < MIN_CELLS_FOR_HVGS:
+        raise InputDataError(
+            f"{source}: {n_cells} cells remain after QC and the cell-type filter, so a fold would train on "
+            f"{smallest_training} (at least {MIN_CELLS_FOR_HVGS} are needed to choose HVGs): relax preprocessing.qc "
+            "(qc_summary.csv says what each step removed), lower preprocessing.min_cells_per_type or "
+            "splitting.n_folds, or use a larger dataset."
+        )
+
+
 def assign_folds(adata: AnnData, *, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """Assign every cell to the test part of exactly one of ``n_folds`` stratified folds.
 

@@ -23,6 +23,7 @@ from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSet
 from cellsynth.data.organism import interaction_resource
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
+    PUBLISHED_TABLE_4_PANCREAS,
     REAL_PLUS_SYNTHETIC,
     REAL_TRAIN_VS_TEST,
     REAL_TRAINING,
@@ -33,6 +34,7 @@ from cellsynth.downstream.report import (
     interaction_summary,
     preservation_summary,
 )
+from cellsynth.evaluation.tables import PUBLISHED_PANCREAS_NOTE
 from cellsynth.reporting.figures import figure_to_image, image_to_png
 from cellsynth.reporting.html import Figure, Table, missing_section
 from cellsynth.schema import ALL_TYPES, LABEL_KEY
@@ -243,6 +245,34 @@ def plot_fold_interactions(
     return figure_to_image(heatmaps, dpi=f.dpi), figure_to_image(dotplot, dpi=f.dpi)
 
 
+def textbook_markers_by_set(
+    downstream: dict[str, Any], dataset: dict[str, Any], *fold_objects: pd.DataFrame, generators: tuple[str, ...],
+    folds: tuple[int, ...],
+) -> pd.DataFrame:
+    """Which textbook markers (``downstream.markers.expected`` of ``dataset.name``) each set's top markers hold.
+
+    ``fold_objects``: for each fold in order, the real cells' textbook check (train + test), the test
+    cells' marker ranking, then each generator's (matched cells) ranking. Returns
+    :func:`cellsynth.downstream.textbook_marker_summary` over the folds (empty without expected markers).
+    """
+    per_fold = 2 + len(generators)
+    if len(fold_objects) != per_fold * len(folds):
+        raise ValueError("textbook_markers_by_set: unexpected number of fold objects")
+    markers = DownstreamSettings.from_params(downstream).markers
+    expected = markers.expected.get(DatasetSettings.from_params(dataset).name) or {}
+    checks = []
+    for j, k in enumerate(folds):
+        real_check, test_ranking, *rankings = fold_objects[j * per_fold:(j + 1) * per_fold]
+        checks.append(("real cells (train + test)", k, real_check))
+        for name, ranking in zip((TEST_CELLS, *generators), (test_ranking, *rankings), strict=True):
+            if not expected:
+                continue
+            top = ds.top_markers(ranking, **markers.selection())
+            checks.append((name, k, ds.check_expected_markers(top, expected, genes=sorted(set(ranking["gene"])),
+                                                               cell_types=sorted(set(ranking["cell_type"])))))
+    return ds.textbook_marker_summary(checks)
+
+
 def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
     """One table from the per-fold and per-generator frames (real rows first)."""
     frames = [f for f in frames if f is not None and len(f)]
@@ -270,7 +300,8 @@ def explain_downstream_skipped(dataset: dict[str, Any], *, method: str) -> str:
 
 
 def build_downstream_section(
-    marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, downstream: dict[str, Any],
+    marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, textbook_by_set: pd.DataFrame,
+    downstream: dict[str, Any],
     dataset: dict[str, Any], *fold_objects: Any, generators: tuple[str, ...], folds: tuple[int, ...],
 ) -> str:
     """The report's downstream section (an HTML fragment).
@@ -328,6 +359,20 @@ def build_downstream_section(
                             f"{i.n_perms} permutations (seed {i.seed}), min {i.min_cells} cells per type.",
                             "Full table: data/08_reporting/interactions_rmse.csv (types left out in "
                             "types_excluded)."], label_columns=2))
+    if name.lower().startswith("pancreas"):
+        tables.insert(1, Table("For context: the paper's Table 4 as published (its integrated pancreas, first fold)",
+                               PUBLISHED_TABLE_4_PANCREAS,
+                               ["Turgut Ögme et al. 2025, Table 4: CellPhoneDB 5 means, rows compared by position; "
+                                "'Original train vs test' = the real training cells. Ours above: aligned on "
+                                "(ligand, receptor, source, target), fold mean ± sd.", PUBLISHED_PANCREAS_NOTE]))
+    if len(textbook_by_set):
+        tables.insert(0, Table(f"Textbook markers kept by each set of cells ({name})", textbook_by_set,
+                               ["found/folds: folds in which the gene is among the type's top markers of that set "
+                                f"(top {m.n_top}, {marker_note}); the real cells are the fold's training + test "
+                                "cells, the test cells and each generator's matched cells are about a fifth of "
+                                "them, so fewer markers pass the thresholds there.",
+                                "Full table: data/08_reporting/textbook_markers_by_set.csv."], "textbook_markers",
+                               label_columns=2))
     tables.insert(0, Table("Marker preservation against the test cells",
                            preservation_summary(marker_preservation),
                            [marker_note, "Per cell type: data/08_reporting/marker_preservation.csv."]))

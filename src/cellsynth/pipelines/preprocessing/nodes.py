@@ -21,6 +21,7 @@ from cellsynth.data import InputDataError, integration, normalise, quality_contr
 from cellsynth.data.organism import MITO_PREFIX, resolve_organism
 from cellsynth.data.preprocess import qc_input_metrics
 from cellsynth.data.qc_figures import plot_qc_distributions
+from cellsynth.data.splits import check_enough_cells
 from cellsynth.data.validation import drop_unusable_cells
 from cellsynth.reporting.figures import figure_to_image, figure_to_png
 from cellsynth.schema import LABEL_KEY
@@ -100,6 +101,7 @@ def filter_cells_and_genes(
     qc = settings.qc_for(data.name)
     filtered, summary = _qc(validated_counts, qc, organism, data.path)
     kept, dropped, unlabelled = drop_unusable_cells(filtered, settings.min_cells_per_type, source=data.path, n_folds=n_folds)
+    check_enough_cells(kept.n_obs, n_folds=n_folds, source=data.path)
     if unlabelled:
         summary.loc[len(summary)] = [f"cells with a label (dropped {unlabelled})", filtered.n_obs - unlabelled,
                                      kept.n_vars, "", f"(unlabelled) {unlabelled}"]
@@ -214,6 +216,7 @@ def combine_datasets(
     kept, rare, unlabelled = drop_unusable_cells(
         combined, settings.min_cells_per_type, source=f"integrated {name}", n_folds=n_folds,
     )
+    check_enough_cells(kept.n_obs, n_folds=n_folds, source=f"integrated {name}")
     if unlabelled:
         rows.append((f"cells with a label (dropped {unlabelled})", combined.n_obs - unlabelled, kept.n_vars, "",
                      f"(unlabelled) {unlabelled}"))
