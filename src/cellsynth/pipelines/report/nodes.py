@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cellsynth.config import DatasetSettings, GenerationSettings
+from cellsynth.config import DatasetSettings, GenerationSettings, split_list
 from cellsynth.data import integration
 from cellsynth.data import report as data_report
 from cellsynth.downstream import report as downstream_report
@@ -55,7 +55,9 @@ def build_report(
                                  dataset))
     sections.append(_checked(downstream_section, downstream_report.SECTION_ID, downstream_report.SECTION_TITLE,
                              "downstream", dataset))
-    summary = [f"Dataset: {dataset}", f"Folds: {', '.join(str(k) for k in parameters.get('folds_to_run', []))}",
+    folds = split_list(parameters.get("folds_to_run", []))
+    folds = [folds] if isinstance(folds, int | str) else folds  # `--params folds_to_run=0` gives one number
+    summary = [f"Dataset: {dataset}", f"Folds: {', '.join(str(k) for k in folds)}",
                f"Generators: {', '.join(generators) or 'none'}"]
     return page(title=f"cellsynth report: {dataset}", sections=sections, summary_lines=summary,
                 parameters=_shown_parameters(parameters, generators))
