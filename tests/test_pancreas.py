@@ -56,7 +56,8 @@ def test_pancreas_environment_preprocesses_and_splits_the_embedded_baron_data(pr
         assert set(test.obs["cell_type"].astype(str)) == kept
         assert set(test.obs_names) == set(folds.index[folds["test_fold"] == k])
         assert test.uns["organism"]["name"] == "human"
-    section = (reporting.parent / "08_reporting" / "sections" / "data.html").read_text(encoding="utf-8")
+        assert {"INS", "GCG", "SST", "PPY", "PRSS1", "KRT19", "COL1A1"} <= set(test.var_names)  # cell_ranger HVGs
+    section = (reporting / "sections" / "data.html").read_text(encoding="utf-8")
     assert "Organism: human" in section and "macrophage" in section and "data:image/png;base64," in section
 
     # what the cell-type table advises: min_cells_per_type = n_folds keeps mast, 1-2 test cells per fold
