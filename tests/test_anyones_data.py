@@ -35,6 +35,7 @@ def test_qc_warns_when_it_removes_most_cells_or_most_of_a_type(caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="cellsynth"):
             return quality_control(cells, min_genes_per_cell=1, max_genes_per_cell=None, max_pct_mito=max_pct_mito,
+                                   n_mads_genes=None, n_mads_counts=None, n_mads_mito=None,
                                    source="mine.h5ad")[0]
 
     assert qc(["type_0"]).n_obs == 60

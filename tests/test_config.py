@@ -25,7 +25,7 @@ BLOCKS = {
     "tracking": config.TrackingSettings,
 }
 # Reference data kept in the YAML only (textbook markers of the embedded datasets), not a setting default.
-NOT_DEFAULTS = {("downstream", "markers", "expected")}
+NOT_DEFAULTS = {("downstream", "markers", "expected"), ("preprocessing", "qc_by_dataset")}
 
 
 def base_parameters() -> dict:

@@ -19,7 +19,8 @@ from kedro_helpers import PROJECT_ROOT, base_catalog, make_project_copy, run_ses
 
 FOLD_NODES = ["real_cell_markers", "reference_markers", "reference_interactions", "real_train_vs_test"]
 GENERATOR_NODES = ["synthetic_markers", "synthetic_interactions", "score_downstream"]
-REPORT_NODES = ["collect_marker_preservation", "collect_interactions_rmse", "build_downstream_section"]
+REPORT_NODES = ["collect_marker_preservation", "collect_interactions_rmse", "textbook_markers_by_set",
+                "build_downstream_section"]
 
 
 def test_pipeline_builds_for_a_run_matrix():

@@ -46,7 +46,7 @@ def pbmc_fold0() -> tuple[AnnData, AnnData]:
     dataset = {**params["dataset"], "path": str(RAW_DATA / "pbmc3k_counts.h5ad")}
     raw = ad.read_h5ad(dataset["path"])
     validated = validate_input(raw, dataset)
-    kept, _ = filter_cells_and_genes(validated, params["preprocessing"], params["splitting"], dataset)
+    kept, *_ = filter_cells_and_genes(validated, params["preprocessing"], params["splitting"], dataset)
     normalised = log_normalise(kept, params["preprocessing"])
     folds = split_folds(normalised, params["splitting"])
     return build_fold(normalised, folds, params["splitting"], fold=0)

@@ -24,6 +24,9 @@ PREPROCESSING = {
         "min_genes_per_cell": 50,
         "max_genes_per_cell": None,
         "max_pct_mito": None,
+        "n_mads_genes": None,
+        "n_mads_counts": None,
+        "n_mads_mito": None,
         "mito_prefixes": ["MT-"],
     },
     "min_cells_per_type": 10,
@@ -191,7 +194,7 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
     mapping = {"second": [{"kind_0": "type_0"}, {"kind_1": "type_1"}, {"kind_2": None}]}
     validated = nodes.load_datasets(AnnDataCollectionDataset(datasets=datasets).load(), datasets,
                                     {"min_gene_overlap": 0.5})
-    cells, summary, genes, labels = nodes.combine_datasets(
+    cells, summary, genes, labels, types, _ = nodes.combine_datasets(
         validated, datasets, mapping, PREPROCESSING, {"n_folds": 5}, {}, TOY_DATASET
     )
     assert cells.n_vars == genes["shared"].iloc[0] <= 90
@@ -200,6 +203,9 @@ def test_nodes_combine_datasets_on_shared_genes_with_a_batch_column(tmp_path, co
     assert cells.obs_names.is_unique and float(cells.X.max()) > 1  # raw counts
     assert summary["dataset"].unique().tolist() == ["first", "second", "toy"]
     assert "harmonised labels (dropped 50)" in summary["step"].tolist()
+    types = types.set_index("cell_type")
+    assert types["cells_after_qc"].sum() == 250 and set(types["status"]) == {"kept"}
+    assert cells.uns["organism"]["name"] == "human"
     normalised = nodes.correct_batches(nodes.log_normalise(cells, PREPROCESSING), {"method": "linear"})
     assert {"counts", "log_uncorrected"} <= set(normalised.layers)
 

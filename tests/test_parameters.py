@@ -40,7 +40,8 @@ def test_runtime_params_keep_sibling_keys_with_an_environment_parameters_file(pr
     if env is None:  # conf/local is the run environment only when no other is named
         assert params["splitting"]["n_top_genes"] == 500
         assert params["dataset"] == {"name": "other", "path": "b.h5ad", "label_key": "cell_type",
-                                     "batch_key": "donor", "counts_layer": "raw", "cluster_if_unlabelled": False}
+                                     "batch_key": "donor", "counts_layer": "raw", "organism": None,
+                                     "cluster_if_unlabelled": False}
     else:
         assert params["generation"]["preset"] == "paper"  # the environment's own values stay
         assert params["dataset"]["label_key"] == "seurat_annotations"

@@ -25,7 +25,8 @@ def test_qc_applies_each_threshold(counts):
     X[:, 10] = 0
     X[5, 10] = 1  # gene in 1 cell
     counts.X = sp.csr_matrix(X)
-    filtered, summary = quality_control(counts, min_cells_per_gene=3, min_genes_per_cell=100, max_genes_per_cell=None, max_pct_mito=5)
+    filtered, summary = quality_control(counts, min_cells_per_gene=3, min_genes_per_cell=100, max_genes_per_cell=None,
+                                        max_pct_mito=5, n_mads_genes=None, n_mads_counts=None, n_mads_mito=None)
     assert "cell_0" not in filtered.obs_names and "cell_1" not in filtered.obs_names
     assert "GENE10" not in filtered.var_names
     assert summary["n_cells"].iloc[-1] == filtered.n_obs == 198

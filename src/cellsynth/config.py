@@ -187,6 +187,7 @@ class DatasetSettings(Settings):
     label_key: str | None
     batch_key: str | None = None
     counts_layer: str | None = None
+    organism: Literal["human", "mouse"] | None = None  # None: detected from the gene names
     cluster_if_unlabelled: bool = False  # label_key null: cells labelled by Leiden clusters (preprocessing.clustering)
 
     def __post_init__(self) -> None:
@@ -211,12 +212,24 @@ class TrackingSettings(Settings):
 # ----------------------------------------------------------------------------- preprocessing
 @dataclasses.dataclass(frozen=True)
 class QCSettings(Settings):
+    """``preprocessing.qc``: fixed thresholds and/or outliers by median absolute deviations (MAD).
+
+    The default fits any data: a floor of 200 detected genes, then outliers beyond ``n_mads_genes`` MADs
+    of the log detected genes, ``n_mads_counts`` MADs of the log library size, and above ``n_mads_mito``
+    MADs of the mitochondrial %.
+    The Seurat PBMC3K thresholds are ``preprocessing.qc_by_dataset`` entries of the PBMC datasets.
+    """
+
     block: ClassVar[str] = "preprocessing.qc"
     min_cells_per_gene: int = 3
-    min_genes_per_cell: int = 200
-    max_genes_per_cell: int | None = 2500
-    max_pct_mito: float | None = 5.0
-    mito_prefixes: tuple[str, ...] = ("MT-", "mt-")
+    min_genes_per_cell: int | None = 200
+    max_genes_per_cell: int | None = None
+    max_pct_mito: float | None = None
+    n_mads_genes: float | None = 5.0
+    n_mads_counts: float | None = 5.0
+    n_mads_mito: float | None = 3.0
+    mito_prefixes: tuple[str, ...] | None = None
+    warn_removed_share: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,11 +246,29 @@ class ClusteringSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessingSettings(Settings):
+    """``preprocessing``: QC (``qc``, with per-dataset overrides ``qc_by_dataset``), rare types, normalisation."""
+
     block: ClassVar[str] = "preprocessing"
     qc: QCSettings = _nested(QCSettings)
+    # dataset name -> overrides of `qc` (e.g. the Seurat PBMC3K thresholds for pbmc3k); reference data kept
+    # in conf/base only, like downstream.markers.expected.
+    qc_by_dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     min_cells_per_type: int = 10
     target_sum: float = 10_000.0
     clustering: ClusteringSettings = _nested(ClusteringSettings)
+
+    def __post_init__(self) -> None:
+        for name in self.qc_by_dataset:
+            self.qc_for(name)  # an unknown key or a bad value is an error naming the dataset
+
+    def qc_for(self, name: str, overrides: Mapping[str, Any] | None = None) -> QCSettings:
+        """``qc`` with the entry of ``qc_by_dataset`` for the dataset ``name`` and then ``overrides`` applied."""
+        entry = self.qc_by_dataset.get(name) or {}
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"preprocessing.qc_by_dataset.{name}: expected a mapping of qc settings, got {entry!r}")
+        merged = {**dataclasses.asdict(self.qc), **entry, **dict(overrides or {})}
+        where = f"preprocessing.qc_by_dataset.{name}" if entry else "preprocessing.qc"
+        return QCSettings.from_params(merged, where=where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,7 +430,7 @@ class MarkerSettings(Settings):
 @dataclasses.dataclass(frozen=True)
 class InteractionSettings(Settings):
     block: ClassVar[str] = "downstream.interactions"
-    resource_name: str = "consensus"
+    resource_name: str = "auto"
     expr_prop: float = 0.1
     min_cells: int = 5
     n_perms: int = 1000

@@ -113,8 +113,10 @@ def validate_parameters(params: dict[str, Any], *, generators: bool = True, proj
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         for spec in specs:
-            qc = {**parsed["preprocessing"].qc.to_dict(), **spec.qc}
-            type(parsed["preprocessing"].qc).from_params(qc, where=f"datasets[{spec.name}].qc")
+            try:
+                parsed["preprocessing"].qc_for(spec.name, spec.qc)
+            except ConfigError as exc:
+                raise ConfigError(f"datasets[{spec.name}].qc: {exc}") from None
     from cellsynth.pipelines.downstream.pipeline import downstream_folds
 
     try:

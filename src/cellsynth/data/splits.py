@@ -19,6 +19,22 @@ MIN_CELLS_FOR_HVGS = 20
 """Fewer training cells than this cannot give a stable mean–variance fit (scikit-misc's loess fails)."""
 
 
+def check_enough_cells(n_cells: int, *, n_folds: int, source: str) -> None:
+    """Refuse, right after QC, data whose training parts would be too small to choose HVGs from.
+
+    Each fold trains on ``(n_folds - 1) / n_folds`` of the cells; fewer than :data:`MIN_CELLS_FOR_HVGS`
+    there would fail inside scikit-misc's loess later, after the QC and the splitting have run.
+    """
+    smallest_training = n_cells - -(-n_cells // n_folds)  # n_cells minus the largest test part
+    if smallest_training < MIN_CELLS_FOR_HVGS:
+        raise InputDataError(
+            f"{source}: {n_cells} cells remain after QC and the cell-type filter, so a fold would train on "
+            f"{smallest_training} (at least {MIN_CELLS_FOR_HVGS} are needed to choose HVGs): relax preprocessing.qc "
+            "(qc_summary.csv says what each step removed), lower preprocessing.min_cells_per_type or "
+            "splitting.n_folds, or use a larger dataset."
+        )
+
+
 def assign_folds(adata: AnnData, *, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """Assign every cell to the test part of exactly one of ``n_folds`` stratified folds.
 
@@ -92,3 +108,30 @@ def make_fold(
         part.uns["fold"] = {"fold": int(fold), "part": name, "n_hvgs": int(len(hvgs)), "hvg_flavor": hvg_flavor}
     log.info("fold %d: %d training and %d test cells, %d HVGs", fold, train.n_obs, test.n_obs, len(hvgs))
     return train, test
+
+
+def _span(values: np.ndarray) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def describe_type_split(cell_types: pd.DataFrame, labels: pd.Series, folds: pd.DataFrame) -> pd.DataFrame:
+    """How every cell type is split: the cell-type table (``cell_type``, ``status``, counts) with, for the
+    kept types, the test and training cells per fold (``min–max`` over the folds) and the folds whose test
+    part holds the type.
+
+    ``labels``: the cell type of every kept cell, indexed by cell name; ``folds``: :func:`assign_folds`.
+    """
+    test_fold = folds.loc[labels.index.astype(str), "test_fold"].to_numpy()
+    labels = labels.astype(str).to_numpy()
+    n_folds = int(folds["test_fold"].max()) + 1
+    rows = []
+    for cell_type in cell_types["cell_type"].astype(str):
+        in_type = labels == cell_type
+        if not in_type.any():
+            rows.append({"test_cells_per_fold": "–", "training_cells_per_fold": "–", "folds_with_test_cells": 0})
+            continue
+        test = np.bincount(test_fold[in_type], minlength=n_folds)
+        rows.append({"test_cells_per_fold": _span(test), "training_cells_per_fold": _span(in_type.sum() - test),
+                     "folds_with_test_cells": int((test > 0).sum())})
+    return pd.concat([cell_types.reset_index(drop=True), pd.DataFrame(rows)], axis=1)

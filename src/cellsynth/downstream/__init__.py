@@ -26,6 +26,7 @@ from cellsynth.downstream.markers import (
     marker_preservation,
     rank_markers,
     summarise_preservation,
+    textbook_marker_summary,
     top_markers,
     top_unique_markers,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "significant_counts",
     "significant_jaccard",
     "summarise_preservation",
+    "textbook_marker_summary",
     "top_markers",
     "top_unique_markers",
 ]

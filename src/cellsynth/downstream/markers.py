@@ -249,6 +249,48 @@ def check_expected_markers(top: pd.DataFrame,
     return table
 
 
+def textbook_marker_summary(checks: Sequence[tuple[str, int, pd.DataFrame]]) -> pd.DataFrame:
+    """Which textbook markers each set of cells recovers, over folds.
+
+    Parameters
+    ----------
+    checks
+        ``(set name, fold, check)`` triples, ``check`` an output of :func:`check_expected_markers`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per type and textbook gene (then a row ``all types`` counting the types with one of
+        their textbook markers found), one column per set in first-seen order: ``found/folds`` where
+        ``found`` is the number of folds in which the gene is among the type's top markers of that set,
+        and ``not measured`` when the gene is among no fold's genes (not an HVG).
+    """
+    sets = list(dict.fromkeys(name for name, _, _ in checks))
+    frames = [check.assign(set=name, fold=fold) for name, fold, check in checks if len(check)]
+    if not frames:
+        return pd.DataFrame(columns=["cell_type", "gene", *sets])
+    long = pd.concat(frames, ignore_index=True)
+    keys = long[["cell_type", "gene"]].drop_duplicates()
+    rows = []
+    for cell_type, gene in keys.itertuples(index=False):
+        row = {"cell_type": cell_type, "gene": gene}
+        for name in sets:
+            part = long[(long["set"] == name) & (long["cell_type"] == cell_type) & (long["gene"] == gene)]
+            if part.empty:
+                row[name] = "–"
+            elif not part["measured"].fillna(True).astype(bool).any():
+                row[name] = "not measured"
+            else:
+                row[name] = f"{int(part['in_top'].sum())}/{len(part)}"
+        rows.append(row)
+    total = {"cell_type": "all types", "gene": "types with a textbook marker found (fold mean)"}
+    for name in sets:
+        part = long[long["set"] == name].drop_duplicates(["fold", "cell_type"])
+        per_fold = part.groupby("fold")["type_ok"].agg(["sum", "count"])
+        total[name] = f"{per_fold['sum'].mean():.1f}/{per_fold['count'].mean():.0f}" if len(per_fold) else "–"
+    return pd.DataFrame([*rows, total])
+
+
 def marker_preservation(
     reference: pd.DataFrame,
     other: pd.DataFrame,

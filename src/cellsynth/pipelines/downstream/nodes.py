@@ -10,6 +10,7 @@ Reporting: heatmaps (Fig 6) and dot plot (Fig 7) per fold, the ``marker_preserva
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -20,8 +21,10 @@ from anndata import AnnData
 from cellsynth import downstream as ds
 from cellsynth import provenance
 from cellsynth.config import DatasetSettings, DownstreamSettings, InteractionSettings, MarkerSettings
+from cellsynth.data.organism import interaction_resource
 from cellsynth.downstream import figures
 from cellsynth.downstream.report import (
+    PUBLISHED_TABLE_4_PANCREAS,
     REAL_PLUS_SYNTHETIC,
     REAL_TRAIN_VS_TEST,
     REAL_TRAINING,
@@ -32,6 +35,7 @@ from cellsynth.downstream.report import (
     interaction_summary,
     preservation_summary,
 )
+from cellsynth.evaluation.tables import PUBLISHED_PANCREAS_NOTE
 from cellsynth.reporting.figures import figure_to_image, image_to_png
 from cellsynth.reporting.html import Figure, Table, missing_section
 from cellsynth.schema import ALL_TYPES, LABEL_KEY
@@ -49,6 +53,15 @@ def _rank(cells: AnnData, markers: MarkerSettings, name: str) -> pd.DataFrame:
     log.info("%s: marker genes ranked in %.1f s (%d cells × %d genes)", name, time.perf_counter() - start,
              cells.n_obs, cells.n_vars)
     return ranking
+
+
+def _for_cells(downstream: dict[str, Any], cells: AnnData) -> DownstreamSettings:
+    """The settings with ``interactions.resource_name: auto`` resolved to the organism of ``cells``
+    (``uns["organism"]``, written by preprocessing; human when absent)."""
+    settings = DownstreamSettings.from_params(downstream)
+    organism = (cells.uns.get("organism") or {}).get("name")
+    resource = interaction_resource(settings.interactions.resource_name, organism)
+    return dataclasses.replace(settings, interactions=dataclasses.replace(settings.interactions, resource_name=resource))
 
 
 def _interactions(cells: AnnData, i: InteractionSettings, name: str) -> pd.DataFrame:
@@ -105,7 +118,7 @@ def reference_markers(train: AnnData, test: AnnData, downstream: dict[str, Any],
 def reference_interactions(train: AnnData, test: AnnData, downstream: dict[str, Any], *, fold: int
                            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CellPhoneDB interactions of the test cells (the reference) and of the real training cells."""
-    i = DownstreamSettings.from_params(downstream).interactions
+    i = _for_cells(downstream, train).interactions
     return _interactions(test, i, f"fold {fold} test cells"), _interactions(train, i, f"fold {fold} training cells")
 
 
@@ -135,7 +148,7 @@ def real_train_vs_test(
     train_interactions: pd.DataFrame, train: AnnData, downstream: dict[str, Any], *, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The real reference rows: training cells against the test cells (markers and interactions)."""
-    settings = DownstreamSettings.from_params(downstream)
+    settings = _for_cells(downstream, train)
     markers = _preservation_rows(test_ranking, train_ranking, settings.markers, fold=fold,
                                  generator=REAL_TRAIN_VS_TEST, compared=REAL_TRAINING)
     comparison = pd.DataFrame([_comparison_row(test_interactions, train_interactions, settings.interactions, fold=fold,
@@ -180,7 +193,7 @@ def synthetic_interactions(
     cells plus the generator's ``upsample`` cells (default; the paper's augmentation) or its matched
     cells (``downstream.interactions.real_plus_synthetic``).
     """
-    i = DownstreamSettings.from_params(downstream).interactions
+    i = _for_cells(downstream, train).interactions
     only = _interactions(synthetic, i, f"{generator} fold {fold} synthetic only")
     choice, extra = _augmentation(synthetic, upsample, i)
     combined = ds.combine_cells([("real", train), (f"synthetic_{choice}", extra)], LABEL_KEY)
@@ -194,7 +207,7 @@ def score_generator(
     upsample: AnnData, downstream: dict[str, Any], *, generator: str, fold: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Marker preservation and interaction comparison of one generator against the test cells."""
-    settings = DownstreamSettings.from_params(downstream)
+    settings = _for_cells(downstream, train)
     markers = _preservation_rows(test_ranking, ranking, settings.markers, fold=fold, generator=generator,
                                  compared=SYNTHETIC_ONLY)
     choice, extra = _augmentation(synthetic, upsample, settings.interactions)
@@ -233,6 +246,34 @@ def plot_fold_interactions(
     return figure_to_image(heatmaps, dpi=f.dpi), figure_to_image(dotplot, dpi=f.dpi)
 
 
+def textbook_markers_by_set(
+    downstream: dict[str, Any], dataset: dict[str, Any], *fold_objects: pd.DataFrame, generators: tuple[str, ...],
+    folds: tuple[int, ...],
+) -> pd.DataFrame:
+    """Which textbook markers (``downstream.markers.expected`` of ``dataset.name``) each set's top markers hold.
+
+    ``fold_objects``: for each fold in order, the real cells' textbook check (train + test), the test
+    cells' marker ranking, then each generator's (matched cells) ranking. Returns
+    :func:`cellsynth.downstream.textbook_marker_summary` over the folds (empty without expected markers).
+    """
+    per_fold = 2 + len(generators)
+    if len(fold_objects) != per_fold * len(folds):
+        raise ValueError("textbook_markers_by_set: unexpected number of fold objects")
+    markers = DownstreamSettings.from_params(downstream).markers
+    expected = markers.expected.get(DatasetSettings.from_params(dataset).name) or {}
+    checks = []
+    for j, k in enumerate(folds):
+        real_check, test_ranking, *rankings = fold_objects[j * per_fold:(j + 1) * per_fold]
+        checks.append(("real cells (train + test)", k, real_check))
+        for name, ranking in zip((TEST_CELLS, *generators), (test_ranking, *rankings), strict=True):
+            if not expected:
+                continue
+            top = ds.top_markers(ranking, **markers.selection())
+            checks.append((name, k, ds.check_expected_markers(top, expected, genes=sorted(set(ranking["gene"])),
+                                                               cell_types=sorted(set(ranking["cell_type"])))))
+    return ds.textbook_marker_summary(checks)
+
+
 def collect_frames(*frames: pd.DataFrame) -> pd.DataFrame:
     """One table from the per-fold and per-generator frames (real rows first)."""
     frames = [f for f in frames if f is not None and len(f)]
@@ -260,7 +301,8 @@ def explain_downstream_skipped(dataset: dict[str, Any], *, method: str) -> str:
 
 
 def build_downstream_section(
-    marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, downstream: dict[str, Any],
+    marker_preservation: pd.DataFrame, interactions_rmse: pd.DataFrame, textbook_by_set: pd.DataFrame,
+    downstream: dict[str, Any],
     dataset: dict[str, Any], *fold_objects: Any, generators: tuple[str, ...], folds: tuple[int, ...],
 ) -> str:
     """The report's downstream section (an HTML fragment).
@@ -275,6 +317,8 @@ def build_downstream_section(
     settings = DownstreamSettings.from_params(downstream)
     n_markers = settings.figures.report_markers_per_type
     m, i = settings.markers, settings.interactions
+    if "resource" in interactions_rmse and len(interactions_rmse):  # auto, as resolved for the cells' organism
+        i = dataclasses.replace(i, resource_name=str(interactions_rmse["resource"].iloc[0]))
     tables: list[Table] = []
     figs: list[Figure] = []
     facts: list[str] = []
@@ -316,6 +360,20 @@ def build_downstream_section(
                             f"{i.n_perms} permutations (seed {i.seed}), min {i.min_cells} cells per type.",
                             f"Full table: data/08_reporting/{name}/interactions_rmse.csv (types left out in "
                             "types_excluded)."], label_columns=2))
+    if name.lower().startswith("pancreas"):
+        tables.insert(1, Table("For context: the paper's Table 4 as published (its integrated pancreas, first fold)",
+                               PUBLISHED_TABLE_4_PANCREAS,
+                               ["Turgut Ögme et al. 2025, Table 4: CellPhoneDB 5 means, rows compared by position; "
+                                "'Original train vs test' = the real training cells. Ours above: aligned on "
+                                "(ligand, receptor, source, target), fold mean ± sd.", PUBLISHED_PANCREAS_NOTE]))
+    if len(textbook_by_set):
+        tables.insert(0, Table(f"Textbook markers kept by each set of cells ({name})", textbook_by_set,
+                               ["found/folds: folds in which the gene is among the type's top markers of that set "
+                                f"(top {m.n_top}, {marker_note}); the real cells are the fold's training + test "
+                                "cells, the test cells and each generator's matched cells are about a fifth of "
+                                "them, so fewer markers pass the thresholds there.",
+                                f"Full table: data/08_reporting/{name}/textbook_markers_by_set.csv."], "textbook_markers",
+                               label_columns=2))
     tables.insert(0, Table("Marker preservation against the test cells",
                            preservation_summary(marker_preservation),
                            [marker_note, f"Per cell type: data/08_reporting/{name}/marker_preservation.csv."]))

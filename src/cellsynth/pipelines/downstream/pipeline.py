@@ -19,6 +19,7 @@ from cellsynth.pipelines.downstream.nodes import (
     score_generator,
     synthetic_interactions,
     synthetic_markers,
+    textbook_markers_by_set,
 )
 from cellsynth.run_matrix import RunMatrix
 
@@ -119,7 +120,8 @@ def create_pipeline(matrix: RunMatrix, folds: tuple[int, ...] | None = None, **k
       real + synthetic), ``score_downstream`` (against the test cells; logged into the generator's
       MLflow run);
     * reporting: ``plot_interactions_fold_<k>`` (Figs 6–7), ``collect_marker_preservation``
-      (``marker_preservation``), ``collect_interactions_rmse`` (``interactions_rmse``) and
+      (``marker_preservation``), ``collect_interactions_rmse`` (``interactions_rmse``),
+      ``textbook_markers_by_set`` (which textbook markers each set recovers) and
       ``build_downstream_section`` (``downstream_section``, the report's downstream section).
 
     Folds: ``downstream.folds`` (default the first of ``folds_to_run``), or ``folds`` when given.
@@ -148,13 +150,21 @@ def create_pipeline(matrix: RunMatrix, folds: tuple[int, ...] | None = None, **k
         fold_objects += [f"fold_{k}.real_candidate_markers", f"fold_{k}.textbook_markers",
                          f"fold_{k}.test_interactions", f"fold_{k}.real_marker_violins", f"fold_{k}.interaction_heatmaps",
                          f"fold_{k}.interaction_dotplot", *[f"{g}.fold_{k}.marker_violins" for g in generators]]
+    textbook = []
+    for k in folds:
+        textbook += [f"fold_{k}.textbook_markers", f"fold_{k}.test_marker_ranking",
+                     *[f"{g}.fold_{k}.marker_ranking" for g in generators]]
     reporting = pipeline(
         [
             *(_figures_node(k, generators) for k in folds),
+            node(bind(textbook_markers_by_set, generators=generators, folds=folds),
+                 ["params:downstream", "params:dataset", *textbook], "textbook_markers_by_set",
+                 name="textbook_markers_by_set"),
             node(collect_frames, preservation, "marker_preservation", name="collect_marker_preservation"),
             node(collect_frames, comparison, "interactions_rmse", name="collect_interactions_rmse"),
             node(bind(build_downstream_section, generators=generators, folds=folds),
-                 ["marker_preservation", "interactions_rmse", "params:downstream", "params:dataset", *fold_objects],
+                 ["marker_preservation", "interactions_rmse", "textbook_markers_by_set", "params:downstream",
+                  "params:dataset", *fold_objects],
                  "downstream_section", name="build_downstream_section"),
         ]
     )

@@ -264,11 +264,17 @@ def build_evaluation_section(
     # The dataset the metrics' cells came from (their rows carry it), the parameters only for an empty table.
     name = str(metrics["dataset"].iloc[0]) if len(metrics) else DatasetSettings.from_params(dataset).name
     generators = [g for g in ev.tables.generator_order(metrics["generator"]) if g not in REAL_ROWS]
-    published = []
+    published, published_utility = [], []
     if name.lower() == "pbmc3k":
         published = [Table("For comparison: Table 1 as published (PBMC3K)", ev.tables.PUBLISHED_TABLE_1_PBMC3K,
                            ["Turgut Ögme et al. 2025, Table 1 (the paper's own generators and runs)."],
                            "published_table1")]
+    if name.lower().startswith("pancreas"):
+        published_utility = [Table("For context: the paper's Table 3 as published (its integrated pancreas, "
+                                   "5-fold average)", ev.tables.PUBLISHED_TABLE_3_PANCREAS,
+                                   ["Turgut Ögme et al. 2025, Table 3 (the paper's own generators, runs and data; "
+                                    "real + synthetic rows: training cells plus up-sampled minority types).",
+                                    ev.tables.PUBLISHED_PANCREAS_NOTE], "published_table3")]
     utility = ev.tables.utility_verdict(metrics)
     sentence = ev.verdict_sentence(verdict)
     lead = [Table(f"Verdict ({name})", ev.verdict_display(verdict), [sentence, *ev.TABLE_NOTES["verdict"]],
@@ -283,6 +289,7 @@ def build_evaluation_section(
               "with ratios to the floor", honest_table, ev.TABLE_NOTES["honest"], "table_honest"),
         Table(f"Table 3: up-sampling and classification utility ({name})", utility_table,
               [utility, *ev.TABLE_NOTES["utility"]], "table3_utility"),
+        *published_utility,
         Table("Honest protocol per cell type", per_type_table, ev.TABLE_NOTES["per_type"], "table_per_type",
               label_columns=2),
         Table("Generator runs", ev.run_table(metrics),

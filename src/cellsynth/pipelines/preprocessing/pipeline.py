@@ -46,7 +46,7 @@ def create_pipeline(datasets: Sequence[Any] | None = None, **kwargs) -> Pipeline
             node(
                 filter_cells_and_genes,
                 ["validated_counts", "params:preprocessing", "params:splitting", "params:dataset"],
-                ["qc_cells", "qc_summary"],
+                ["qc_cells", "qc_summary", "cell_types", "qc_figure"],
                 name="quality_control",
             ),
             node(log_normalise, ["qc_cells", "params:preprocessing"], "normalised_cells", name="normalise"),
@@ -72,7 +72,7 @@ def _integration_pipeline() -> Pipeline:
                     "params:integration",
                     "params:dataset",
                 ],
-                ["qc_cells", "qc_summary", "integration_genes", "label_harmonisation"],
+                ["qc_cells", "qc_summary", "integration_genes", "label_harmonisation", "cell_types", "qc_figure"],
                 name="combine_datasets",
             ),
             node(log_normalise, ["qc_cells", "params:preprocessing"], "uncorrected_cells", name="normalise"),

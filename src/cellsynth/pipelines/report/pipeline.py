@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     (or computed for another dataset) says so in the report.
     """
     return pipeline(
-        [node(build_report, ["evaluation_section", "integration_section", "downstream_section", "dataset_provenance",
-                             "parameters"],
+        [node(build_report, ["data_section", "evaluation_section", "integration_section", "downstream_section",
+                             "dataset_provenance", "parameters"],
               "report", name="build_report")]
     )

@@ -8,8 +8,12 @@ import pandas as pd
 from anndata import AnnData
 
 from cellsynth import provenance
-from cellsynth.config import SplittingSettings
+from cellsynth.config import DatasetSettings, PreprocessingSettings, SplittingSettings
 from cellsynth.data import assign_folds, make_fold
+from cellsynth.data.report import data_section
+from cellsynth.data.splits import describe_type_split
+from cellsynth.reporting.figures import image_to_png
+from cellsynth.schema import LABEL_KEY
 
 
 def split_folds(normalised_cells: AnnData, splitting: dict[str, Any]) -> pd.DataFrame:
@@ -30,3 +34,23 @@ def build_fold(
     for part in (train, test):
         provenance.stamp(part, record)
     return train, test
+
+
+def describe_data(
+    normalised_cells: AnnData, fold_assignments: pd.DataFrame, cell_types: pd.DataFrame, qc_summary: pd.DataFrame,
+    qc_figure: Any, preprocessing: dict[str, Any], splitting: dict[str, Any], dataset: dict[str, Any],
+) -> tuple[pd.DataFrame, str]:
+    """The cell-type table with each kept type's split (``cell_type_split.csv``) and the report's data section."""
+    split = describe_type_split(cell_types, normalised_cells.obs[LABEL_KEY], fold_assignments)
+    settings = PreprocessingSettings.from_params(preprocessing)
+    folds = SplittingSettings.from_params(splitting).n_folds
+    organism = normalised_cells.uns.get("organism", {})
+    facts = [
+        f"Cells after QC and cell-type filtering: {normalised_cells.n_obs}; genes: {normalised_cells.n_vars}",
+        f"Organism: {organism.get('name', 'unknown')} ("
+        + ("detected from the gene names" if organism.get("detected") else "dataset.organism") + ")",
+        f"Cell types need at least max(preprocessing.min_cells_per_type={settings.min_cells_per_type}, "
+        f"splitting.n_folds={folds}) cells",
+    ]
+    section = data_section(DatasetSettings.from_params(dataset).name, qc_summary, split, image_to_png(qc_figure), facts)
+    return split, section
