@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLD_DIR = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
-DEFAULT_GENERATORS = ["maf", "moe", "smote", "class_gaussian_pca", "gene_shuffle", "train_copy", "maf:paper", "moe:paper"]
+DEFAULT_GENERATORS = ["nb_latent_flow", "nb_latent_maf", "nb_latent_moe", "scvi", "maf", "moe", "smote", "class_gaussian_pca", "gene_shuffle", "train_copy", "maf:paper", "moe:paper"]
 SEED = 0
 
 

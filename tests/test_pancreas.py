@@ -25,8 +25,8 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-def _split(root):
-    return pd.read_csv(root / "data" / "08_reporting" / "cell_type_split.csv").set_index("cell_type")
+def _split(root, dataset="pancreas_baron"):
+    return pd.read_csv(root / "data" / "08_reporting" / dataset / "cell_type_split.csv").set_index("cell_type")
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_pancreas_environment_preprocesses_and_splits_the_embedded_baron_data(pr
     shutil.copy(RAW_DATA / BARON, project / "data" / "01_raw" / BARON)
     run_session(project, "splitting", {"tracking": {"enabled": False}}, env="pancreas")
 
-    reporting = project / "data" / "08_reporting"
+    reporting = project / "data" / "08_reporting" / "pancreas_baron"
     summary = pd.read_csv(reporting / "qc_summary.csv")
     assert summary["dataset"].eq("pancreas_baron").all()
     steps = " | ".join(summary["step"])
@@ -50,9 +50,9 @@ def test_pancreas_environment_preprocesses_and_splits_the_embedded_baron_data(pr
         assert "fewer than the 5 folds" in split.loc[cell_type, "status"]
     kept = set(split.index[split["status"] == "kept"])
     assert len(kept) == 10
-    folds = pd.read_parquet(project / "data" / "04_feature" / "fold_assignments.parquet")
+    folds = pd.read_parquet(project / "data" / "04_feature" / "pancreas_baron" / "fold_assignments.parquet")
     for k in range(5):  # the environment runs all five folds
-        test = ad.read_h5ad(project / "data" / "05_model_input" / f"fold_{k}" / "test.h5ad")
+        test = ad.read_h5ad(project / "data" / "05_model_input" / "pancreas_baron" / f"fold_{k}" / "test.h5ad")
         assert set(test.obs["cell_type"].astype(str)) == kept
         assert set(test.obs_names) == set(folds.index[folds["test_fold"] == k])
         assert test.uns["organism"]["name"] == "human"
@@ -91,12 +91,12 @@ def test_a_mouse_subset_runs_from_preprocessing_to_downstream(project):
     }
     run_session(project, "__default__", params)
 
-    train = ad.read_h5ad(project / "data" / "05_model_input" / "fold_0" / "train.h5ad")
+    train = ad.read_h5ad(project / "data" / "05_model_input" / "mouse_subset" / "fold_0" / "train.h5ad")
     assert train.uns["organism"] == {"name": "mouse", "detected": True}
-    reporting = project / "data" / "08_reporting"
-    assert set(_split(project)["status"]) == {"kept"}
+    reporting = project / "data" / "08_reporting" / "mouse_subset"
+    assert set(_split(project, "mouse_subset")["status"]) == {"kept"}
     # the mouse resource is used: its pairs are found among the mouse genes
-    test_interactions = pd.read_parquet(project / "data" / "07_model_output" / "downstream" / "fold_0"
+    test_interactions = pd.read_parquet(project / "data" / "07_model_output" / "mouse_subset" / "downstream" / "fold_0"
                                         / "test_interactions.parquet")
     assert len(test_interactions) > 0
     rmse = pd.read_csv(reporting / "interactions_rmse.csv")

@@ -47,11 +47,13 @@ def test_unlabelled_data_is_labelled_by_clusters_in_preprocessing(counts_factory
     del raw.obs["cell_type"]
     validated = validate_input(raw, DATASET)
     assert validated.obs["cell_type"].isna().all()
-    kept, summary = filter_cells_and_genes(validated, LOOSE_QC, {"n_folds": 5}, DATASET)
+    kept, summary, cell_types, _ = filter_cells_and_genes(validated, LOOSE_QC, {"n_folds": 5}, DATASET)
     assert validated.obs["cell_type"].isna().all()  # the node's input is left alone
     assert kept.n_obs == 240 and all(t.startswith("cluster ") for t in kept.obs["cell_type"].cat.categories)
     assert kept.obs["cell_type"].nunique() == 3
     assert summary["step"].str.startswith("labelled by Leiden clustering (3 clusters").any()
+    assert sorted(cell_types["cell_type"]) == sorted(kept.obs["cell_type"].cat.categories)  # the clusters, all kept
+    assert (cell_types["status"] == "kept").all()
 
 
 def test_a_null_label_key_without_clustering_names_both_ways_out():
