@@ -84,6 +84,11 @@ def test_count_generators_need_raw_counts(pbmc_fold):
     with pytest.raises(GeneratorError, match="non-negative integer counts"):
         GENERATORS["scvi"](**AUTOENCODER).fit(not_counts, seed=0, progress=False)
 
+    corrected = pbmc_fold.copy()
+    corrected.uns["batch_correction"] = {"method": "linear"}
+    with pytest.raises(GeneratorError, match=r"X is batch-corrected \(linear\)"):
+        GENERATORS["nb_latent_flow"](**AUTOENCODER).fit(corrected, seed=0, progress=False)
+
 
 def test_library_sizes_follow_each_type_and_keep_totals_above_the_hvg_counts():
     rng = np.random.default_rng(0)

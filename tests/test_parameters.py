@@ -66,7 +66,7 @@ def _edit(params, path, value):
     params[last] = value
 
 
-@pytest.mark.parametrize("env", ["local", "paper", "zheng17", "integrated_pbmc"])
+@pytest.mark.parametrize("env", ["local", "paper", "zheng17", "integrated_pbmc", "pancreas", "pancreas_integrated"])
 def test_shipped_parameters_are_valid(env):
     validate_parameters(_read_parameters(env))
 
@@ -92,6 +92,15 @@ def test_a_wrong_parameter_is_named(path, value, message):
     _edit(params, path, value)
     with pytest.raises(ConfigError, match=message):
         validate_parameters(params)
+
+
+def test_count_generators_on_batch_corrected_data_are_refused_naming_the_others():
+    params = copy.deepcopy(_read_parameters("integrated_pbmc"))
+    params["generation"]["generators"] = ["nb_latent_flow", "smote", "scvi"]
+    with pytest.raises(ConfigError, match=r"\['nb_latent_flow', 'scvi'\] model raw counts.*generation.generators=smote"):
+        validate_parameters(params)
+    params["integration"]["method"] = "none"  # uncorrected: the counts and X agree
+    validate_parameters(params)
 
 
 def test_a_wrong_generator_stops_kedro_run_before_any_node_with_its_message(project):

@@ -61,6 +61,20 @@ def _check_generators(generation: GenerationSettings, presets: Any) -> None:
             raise ConfigError(f"{where}: {exc}") from None
 
 
+def _check_counts_not_corrected(generation: GenerationSettings, integration: IntegrationSettings) -> None:
+    """Count generators sample uncorrected counts: they cannot stand in for batch-corrected cells."""
+    from cellsynth.generators import GENERATORS
+
+    counting = [g for g in generation.generators if getattr(GENERATORS[g], "models_counts", False)]
+    if counting and integration.method != "none":
+        kept = [g for g in generation.generators if g not in counting]
+        raise ConfigError(
+            f"generation.generators: {counting} model raw counts, which integration.method={integration.method!r} "
+            "does not correct, so their cells would not be in the space of the batch-corrected real cells. "
+            f"Leave them out for integrated data (--params generation.generators={'+'.join(kept) or 'smote'}) or "
+            "set integration.method: none.")
+
+
 OUTPUT_FOLDERS = ("02_intermediate", "03_primary", "04_feature", "05_model_input", "06_models",
                   "07_model_output", "08_reporting")
 """The catalog's output folders under ``data/``: an input file there would be overwritten by a run."""
@@ -117,6 +131,8 @@ def validate_parameters(params: dict[str, Any], *, generators: bool = True, proj
                 parsed["preprocessing"].qc_for(spec.name, spec.qc)
             except ConfigError as exc:
                 raise ConfigError(f"datasets[{spec.name}].qc: {exc}") from None
+        if generators:
+            _check_counts_not_corrected(parsed["generation"], parsed["integration"])
     from cellsynth.pipelines.downstream.pipeline import downstream_folds
 
     try:

@@ -110,6 +110,11 @@ class CountGenerator(Generator):
     def fit(self, adata: AnnData, *, seed: int = 0, progress: bool = True,
             on_epoch: EpochCallback | None = None) -> TrainingHistory:
         """Learn the counts of ``adata`` (see the class docstring for the fields read). Does not modify ``adata``."""
+        corrected = (adata.uns.get("batch_correction") or {}).get("method", "none")
+        if corrected != "none":
+            raise GeneratorError(
+                f"{self.name}: X is batch-corrected ({corrected}) and the counts are not, so sampled cells would "
+                "not be in X's space; use a gene-space generator for integrated data")
         labels = self._training_labels(adata)
         counts = training_counts(adata, self.name)
         hvg_library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()

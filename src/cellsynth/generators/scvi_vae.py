@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -157,20 +158,24 @@ def fit_scvi(counts: sp.csr_matrix, labels: np.ndarray, cell_types: list[str], p
     own ``settings.seed`` would also reseed the caller's streams).
     """
     import scvi
+    from scvi.model._utils import get_max_epochs_heuristic  # the cap scvi-tools uses when max_epochs is None
 
     device = resolve_device(params.device, description)
     adata = AnnData(X=counts, obs=pd.DataFrame(
         {LABEL_KEY: pd.Categorical.from_codes(labels, categories=cell_types)},
         index=[str(i) for i in range(counts.shape[0])]))
     train_idx, val_idx = validation_split(counts.shape[0], params.validation_fraction, seed, labels)
-    with rng_scope(seed, device), warnings.catch_warnings(), _quiet_lightning():
+    max_epochs = params.epochs or get_max_epochs_heuristic(counts.shape[0])  # scvi-tools' own cap
+    # scvi-tools prints its early-stopping reason to stdout; cellsynth logs its own line after the fit.
+    with (rng_scope(seed, device), warnings.catch_warnings(), _quiet_lightning(),
+          contextlib.redirect_stdout(io.StringIO())):
         warnings.filterwarnings("ignore", module=r"(lightning|scvi|torch)\b")
         scvi.model.SCVI.setup_anndata(adata, batch_key=LABEL_KEY)
         model = scvi.model.SCVI(adata, n_latent=params.n_latent, n_hidden=params.n_hidden,
                                 n_layers=params.n_layers, dropout_rate=params.dropout_rate,
                                 gene_likelihood=params.gene_likelihood, dispersion=params.dispersion)
         model.train(
-            max_epochs=params.epochs, batch_size=params.batch_size,
+            max_epochs=max_epochs, batch_size=params.batch_size,
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
             datasplitter_kwargs={"external_indexing": [train_idx, val_idx, np.zeros(0, dtype=np.int64)]},
             early_stopping=params.patience is not None and len(val_idx) > 0,
@@ -181,13 +186,16 @@ def fit_scvi(counts: sp.csr_matrix, labels: np.ndarray, cell_types: list[str], p
             enable_progress_bar=progress, enable_model_summary=False,
         )
     history = _scvi_history(model, description)
-    history.stopped_early = params.epochs is not None and len(history.train_loss) < params.epochs
+    history.stopped_early = len(history.train_loss) < max_epochs
     if not np.isfinite(history.train_loss).all():
         raise GeneratorError(f"{description}: the ELBO became non-finite; lower learning_rate")
-    end = f"kept the last epoch's weights (epoch {len(history.train_loss)})"
+    n_run = len(history.train_loss)
+    ran = (f"stopped at epoch {n_run} of {max_epochs} (patience {params.patience})" if history.stopped_early
+           else f"ran all {n_run} of {max_epochs} epochs")
+    end = "kept the last epoch's weights (scvi-tools does not restore the best)"
     if history.val_loss:
         end += f"; validation ELBO {history.val_loss[-1]:.4g} (best {min(history.val_loss):.4g})"
-    log.info("%s: scVI trained %d epochs; %s", description, len(history.train_loss), end)
+    log.info("%s: scVI %s; %s", description, ran, end)
     return ScviDecoder(model.module.cpu()), history
 
 
