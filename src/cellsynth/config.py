@@ -231,6 +231,25 @@ class QCSettings(Settings):
     mito_prefixes: tuple[str, ...] | None = None
     warn_removed_share: float = 0.5
 
+    def __post_init__(self) -> None:
+        # Out-of-range thresholds would silently keep or drop every cell: refuse them before the run.
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"{self.block}.{name}={getattr(self, name)!r}: must be {rule}")
+
+        for name in ("min_cells_per_gene", "min_genes_per_cell", "max_genes_per_cell"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise bad(name, "a count >= 0 (or null)")
+        for name in ("n_mads_genes", "n_mads_counts", "n_mads_mito"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise bad(name, "a number of MADs > 0 (null: no outlier step)")
+        if self.max_pct_mito is not None and not 0 <= self.max_pct_mito <= 100:
+            raise bad("max_pct_mito", "a percentage in [0, 100] (or null)")
+        if not 0 < self.warn_removed_share <= 1:
+            raise bad("warn_removed_share", "a share in (0, 1]")
+        if (self.min_genes_per_cell is not None and self.max_genes_per_cell is not None
+                and self.max_genes_per_cell <= self.min_genes_per_cell):
+            raise bad("max_genes_per_cell", f"above min_genes_per_cell={self.min_genes_per_cell}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ClusteringSettings(Settings):
