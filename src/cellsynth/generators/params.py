@@ -85,13 +85,16 @@ class Check:
                 self.fail(name, "a non-empty sequence of integers >= 1")
             object.__setattr__(self.params, name, widths)
 
-    def training(self) -> None:
-        """The fields of the shared training loop (:mod:`cellsynth.generators.training`)."""
-        self.integer("epochs", "batch_size")
+    def training(self, *, optional_epochs: bool = False) -> None:
+        """The fields of the shared training loop (:mod:`cellsynth.generators.training`); a model
+        trained by another loop (scvi-tools') may leave ``epochs`` to it and have no ``grad_clip``."""
+        self.integer("batch_size")
+        self.integer("epochs", optional=optional_epochs)
         self.integer("patience", optional=True)
         self.number("learning_rate", gt=0)
         self.number("weight_decay", ge=0)
-        self.number("grad_clip", gt=0, optional=True)
+        if hasattr(self.params, "grad_clip"):
+            self.number("grad_clip", gt=0, optional=True)
         self.number("validation_fraction", ge=0, lt=1)
         self.require(
             self.params.patience is None or self.params.validation_fraction > 0,

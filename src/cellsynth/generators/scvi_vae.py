@@ -66,16 +66,11 @@ class ScviParams:
 
     def check(self, owner: str) -> Check:
         check = Check(owner, self)
-        check.integer("n_latent", "n_hidden", "n_layers", "batch_size")
-        check.integer("epochs", "patience", optional=True)
+        check.training(optional_epochs=True)
+        check.integer("n_latent", "n_hidden", "n_layers")
         check.number("dropout_rate", ge=0, lt=1)
-        check.number("learning_rate", gt=0)
-        check.number("weight_decay", ge=0)
         check.number("max_kl_weight", ge=0)
         check.integer("n_epochs_kl_warmup", optional=True)
-        check.number("validation_fraction", ge=0, lt=1)
-        check.require(self.patience is None or self.validation_fraction > 0,
-                      "patience (early stopping) needs validation_fraction > 0")
         return check
 
 
