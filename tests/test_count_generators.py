@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from cellsynth.data import assign_folds, make_fold, normalise, quality_control, validate_counts
 from cellsynth.data.validation import drop_unusable_cells
 from cellsynth.generators import GENERATORS, GeneratorError
-from cellsynth.generators.count_space import LibrarySizes, to_fold_space
+from cellsynth.generators.count_space import LibrarySizes, negative_binomial, to_fold_space
 from cellsynth.generators.latent_flow import LATENT_PRIOR_DEFAULTS, NBLatentFlowGenerator
 from conftest import RAW_DATA
 
@@ -103,6 +105,31 @@ def test_library_sizes_follow_each_type_and_keep_totals_above_the_hvg_counts():
     np.testing.assert_allclose(np.log(drawn[:2000]).std(), 0.3, atol=0.05)
 
 
+@pytest.mark.parametrize("theta_shape", ["per gene", "per gene and cell"])
+def test_negative_binomial_has_the_nb_moments_and_the_same_counts_on_any_thread_count(theta_shape):
+    mean = np.tile(np.array([0.05, 0.5, 3.0, 20.0], dtype=np.float32), (3000, 1))
+    theta = np.array([0.5, 2.0, 5.0, 1.0], dtype=np.float32)
+    if theta_shape == "per gene and cell":
+        theta = np.tile(theta, (3000, 1))
+    one = negative_binomial(mean, theta, np.random.default_rng(7), threads=1)
+    two = negative_binomial(mean, theta, np.random.default_rng(7), threads=2)
+    np.testing.assert_array_equal(one, two)
+    assert one.dtype == np.float32 and (one >= 0).all() and np.array_equal(one, np.round(one))
+    expected_var = mean[0] + mean[0] ** 2 / np.broadcast_to(theta, mean.shape)[0]
+    standard_error = np.sqrt(expected_var / len(mean))
+    assert (np.abs(one.mean(axis=0) - mean[0]) < 4 * standard_error).all()
+    np.testing.assert_allclose(one.var(axis=0), expected_var, rtol=0.25)
+    assert not np.array_equal(one, negative_binomial(mean, theta, np.random.default_rng(8)))
+
+
+def test_negative_binomial_zero_inflation_zeroes_the_dropout_fraction():
+    mean = np.full((4000, 2), 50.0, dtype=np.float32)  # an NB zero is then vanishingly rare
+    drawn = negative_binomial(mean, np.full(2, 10.0), np.random.default_rng(0),
+                              dropout=np.tile(np.array([0.0, 0.3], dtype=np.float32), (4000, 1)))
+    zeros = (drawn == 0).mean(axis=0)
+    assert zeros[0] < 0.01 and abs(zeros[1] - 0.3) < 0.03
+
+
 def test_to_fold_space_is_the_preprocessing_normalisation(counts_factory):
     raw = counts_factory(n_cells=20, n_genes=12, n_types=2, seed=0)
     expected = normalise(raw, target_sum=1e4).X.toarray()
@@ -115,3 +142,20 @@ def test_one_count_model_per_type_is_refused_with_the_fix():
 
     with pytest.raises(ValueError, match="models raw counts.*strategy: conditional"):
         PerTypeGenerator("nb_latent_flow")
+
+
+def test_flow_matching_sampling_temperature_scales_the_spread_of_its_cells():
+    from cellsynth.generators.latent_flow import latent_cells
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 2.0, size=(600, 3)).astype(np.float32)
+    model = GENERATORS["flow_matching"](hidden_features=32, hidden_layers=2, epochs=40, patience=None,
+                                        integration_steps=8)
+    model.fit(latent_cells(z, np.zeros(600, dtype=np.int64), ["only"]), seed=0, progress=False)
+    stds = {}
+    for temperature in (0.5, 1.0):
+        model.params = dataclasses.replace(model.params, sampling_temperature=temperature)
+        stds[temperature] = model.sample(2000, seed=1).X.std(axis=0).mean()
+    assert 0.35 < stds[0.5] / stds[1.0] < 0.65  # a straight-line flow from N(0, I) to N(0, 4I) scales noise
+    with pytest.raises(ValueError, match="sampling_temperature"):
+        GENERATORS["flow_matching"](sampling_temperature=0)

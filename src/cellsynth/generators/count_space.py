@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ DEFAULT_TARGET_SUM = 10_000.0
 #: Cells a type's own covariance counts for against the pooled one (shrinkage of rare types' spread).
 _SHRINKAGE_CELLS = 10.0
 _LIBRARY_FILE = "library_sizes.json"
+#: Cells per block of :func:`negative_binomial` (each block has its own stream, so the counts do
+#: not depend on how many threads draw them).
+NB_BLOCK = 256
 
 
 def training_counts(adata: AnnData, owner: str) -> sp.csr_matrix:
@@ -49,6 +53,39 @@ def training_counts(adata: AnnData, owner: str) -> sp.csr_matrix:
     if (np.asarray(counts.sum(axis=1)).ravel() == 0).any():
         raise GeneratorError(f"{owner}: some training cells have no counts in these genes; drop them first")
     return counts
+
+
+def negative_binomial(mean: np.ndarray, theta: np.ndarray, rng: np.random.Generator, *,
+                      dropout: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """Negative-binomial counts (float32) of ``mean`` and inverse dispersion ``theta`` (cells × genes).
+
+    Drawn as Poisson(Gamma(theta, mean / theta)), zero where a uniform falls below ``dropout`` (the
+    zero-inflation probability, if given). Blocks of :data:`NB_BLOCK` cells draw from streams spawned
+    from ``rng`` on ``threads`` threads (numpy releases the GIL while drawing): the same ``rng`` state
+    gives the same counts for any ``threads``.
+    """
+    mean = np.asarray(mean, dtype=np.float32)
+    theta = np.broadcast_to(np.asarray(theta, dtype=np.float32), mean.shape)
+    starts = range(0, len(mean), NB_BLOCK)
+    streams = rng.spawn(len(starts))
+    out = np.empty(mean.shape, dtype=np.float32)
+
+    def draw(block: int) -> None:
+        rows, stream = slice(starts[block], starts[block] + NB_BLOCK), streams[block]
+        rate = stream.standard_gamma(theta[rows], dtype=np.float32)  # float32: half the time of float64
+        rate *= mean[rows] / theta[rows]
+        drawn = stream.poisson(rate)
+        if dropout is not None:
+            drawn[stream.random(drawn.shape, dtype=np.float32) < dropout[rows]] = 0
+        out[rows] = drawn
+
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(draw, range(len(starts))))
+    else:
+        for block in range(len(starts)):
+            draw(block)
+    return out
 
 
 def to_fold_space(counts: np.ndarray, total_counts: np.ndarray, target_sum: float) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from anndata import AnnData
 
 from cellsynth.generators.base import EpochCallback, GeneratorError, TrainingHistory, rng_scope
-from cellsynth.generators.count_space import CountGenerator
+from cellsynth.generators.count_space import CountGenerator, negative_binomial
 from cellsynth.generators.params import Check
 from cellsynth.generators.training import resolve_device, validation_split
 from cellsynth.schema import LABEL_KEY
@@ -120,13 +120,10 @@ class ScviDecoder:
                 library=torch.from_numpy(np.log(hvg_library[rows]).astype(np.float32)[:, None]),
                 batch_index=torch.from_numpy(labels[rows, None]),
             )["px"]
-            mean, theta = px.mu.double().numpy(), px.theta.double().expand_as(px.mu).numpy()
-            rate = rng.gamma(shape=theta, scale=mean / theta)
-            drawn = rng.poisson(rate)
-            if getattr(px, "zi_logits", None) is not None:
-                dropout = 1.0 / (1.0 + np.exp(-px.zi_logits.double().numpy()))
-                drawn[rng.random(drawn.shape) < dropout] = 0
-            chunks.append(drawn.astype(np.float32))
+            zi_logits = getattr(px, "zi_logits", None)
+            dropout = None if zi_logits is None else torch.sigmoid(zi_logits).numpy()
+            chunks.append(negative_binomial(px.mu.numpy(), px.theta.numpy(), rng, dropout=dropout,
+                                            threads=torch.get_num_threads()))
         return np.concatenate(chunks)
 
 
