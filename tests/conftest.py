@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny AnnData objects built in the test, and paths to the embedded real data."""
+"""Shared fixtures: tiny AnnData objects built in the test, paths to the embedded real data, and a
+temporary copy of the Kedro project."""
 
 from __future__ import annotations
 
@@ -60,3 +61,15 @@ def tiny_adata_factory():
 @pytest.fixture(scope="session")
 def counts_factory():
     return make_counts
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project (``conf/``, ``pyproject.toml``, empty ``data/01_raw``) in ``tmp_path``, as
+    the current directory, with its own SQLite MLflow store."""
+    from kedro_helpers import make_project_copy
+
+    root = make_project_copy(tmp_path)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    return root

@@ -15,7 +15,7 @@ from kedro.io.catalog_config_resolver import CatalogConfigResolver
 from cellsynth.pipelines.downstream import create_pipeline
 from cellsynth.pipelines.downstream.pipeline import downstream_folds
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import PROJECT_ROOT, base_catalog, make_project_copy, run_session
+from kedro_helpers import PROJECT_ROOT, base_catalog, run_session
 
 FOLD_NODES = ["real_cell_markers", "reference_markers", "reference_interactions", "real_train_vs_test"]
 GENERATOR_NODES = ["synthetic_markers", "synthetic_interactions", "score_downstream"]
@@ -100,10 +100,8 @@ def _write_fold(root: Path, generators: tuple[str, ...]) -> None:
 
 
 @pytest.mark.slow
-def test_kedro_run_downstream_on_real_cells(tmp_path, monkeypatch):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+def test_kedro_run_downstream_on_real_cells(project):
+    root = project
     generators = ("train_copy", "noisy")
     _write_fold(root, generators)
     params = {

@@ -13,7 +13,7 @@ from kedro.io.catalog_config_resolver import CatalogConfigResolver
 from cellsynth.evaluation import COLUMNS, FLOOR, REAL_ONLY, REAL_TRAIN_VS_TEST
 from cellsynth.pipelines.evaluation import create_pipeline
 from cellsynth.run_matrix import RunMatrix
-from kedro_helpers import base_catalog, make_project_copy, run_session
+from kedro_helpers import base_catalog, run_session
 
 FOLD_NODES = ["fit_reference_space", "split_test_halves", "evaluate_real_data", "classify_real_only", "evaluate_real_fair"]
 GENERATOR_NODES = ["evaluate_synthetic", "classify_with_synthetic", "evaluate_synthetic_fair"]
@@ -88,10 +88,8 @@ def write_fake_generation_outputs(root: Path, factory, generators: tuple[str, ..
 
 
 @pytest.mark.slow
-def test_kedro_run_evaluation_on_fake_generation_outputs(tmp_path, monkeypatch, tiny_adata_factory):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+def test_kedro_run_evaluation_on_fake_generation_outputs(project, tiny_adata_factory):
+    root = project
     generators = ("fake_flow", "train_copy")
     write_fake_generation_outputs(root, tiny_adata_factory, generators)
     params = {

@@ -13,7 +13,7 @@ from cellsynth.pipelines.generation.nodes import build_generator, plan_generatio
 from cellsynth.pipelines.generation.pipeline import create_pipeline
 from cellsynth.run_matrix import RunMatrix
 from conftest import RAW_DATA
-from kedro_helpers import make_project_copy, run_session
+from kedro_helpers import run_session
 
 
 def test_one_namespace_per_generator_and_fold_and_no_generator_reads_the_test_cells():
@@ -48,14 +48,12 @@ def test_unconditional_preset_with_one_model_is_a_clear_error():
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+def project(project):
+    """The project copy with a 600-cell PBMC3K subset as ``data/01_raw/subset.h5ad``."""
     full = ad.read_h5ad(RAW_DATA / "pbmc3k_counts.h5ad")
     keep = np.sort(np.random.default_rng(1).choice(full.n_obs, 600, replace=False))
-    full[keep].copy().write_h5ad(root / "data" / "01_raw" / "subset.h5ad")
-    return root
+    full[keep].copy().write_h5ad(project / "data" / "01_raw" / "subset.h5ad")
+    return project
 
 
 def test_generation_runs_one_generator_and_fold_end_to_end(project):

@@ -229,13 +229,11 @@ def test_pipeline_shape_follows_the_datasets_parameter():
 
 # ----------------------------------------------------------------------------- the Kedro environment
 @pytest.mark.slow
-def test_integrated_pbmc_environment_on_real_subsets(tmp_path, monkeypatch):
+def test_integrated_pbmc_environment_on_real_subsets(project):
     from conftest import RAW_DATA
-    from kedro_helpers import make_project_copy, run_session
+    from kedro_helpers import run_session
 
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    root = project
     rng = np.random.default_rng(0)
     datasets = []
     for name, label_key in (("pbmc3k", "seurat_annotations"), ("zheng17", "cell_type")):

@@ -9,15 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import RAW_DATA
-from kedro_helpers import base_catalog, make_project_copy, run_session
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    return root
+from kedro_helpers import base_catalog, run_session
 
 
 @pytest.fixture(scope="module")

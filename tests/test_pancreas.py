@@ -10,19 +10,11 @@ import pandas as pd
 import pytest
 
 from conftest import RAW_DATA
-from kedro_helpers import make_project_copy, run_session
+from kedro_helpers import run_session
 
 BARON = "baron_human_pancreas_counts.h5ad"
 KEPT_RARE = "macrophage"                        # 18 cells: 3-4 test cells in every fold
 BELOW_FOLDS = ("t_cell", "epsilon", "schwann")  # 4, 3, 2 cells: fewer than the 5 folds
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    return root
 
 
 def _split(root, dataset="pancreas_baron"):

@@ -12,20 +12,13 @@ from kedro.framework.startup import bootstrap_project
 from cellsynth.config import ConfigError, DownstreamSettings, GenerationSettings
 from cellsynth.run_matrix import RunMatrix, _read_parameters
 from cellsynth.validation_hook import validate_parameters
-from kedro_helpers import make_project_copy, run_kedro
+from kedro_helpers import run_kedro
 
 
 def session_params(root, runtime_params, env=None):
     bootstrap_project(root)
     with KedroSession.create(project_path=root, env=env, runtime_params=runtime_params) as session:
         return session.load_context().params
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    root = make_project_copy(tmp_path)
-    monkeypatch.chdir(root)
-    return root
 
 
 @pytest.mark.parametrize("env", [None, "paper"])
