@@ -6,7 +6,8 @@ Each variant (a generator and hyperparameters over its ``default`` preset) is fi
 (:func:`cellsynth.evaluation.fair.fair_metrics`: five test half-splits, mean shown) against the
 held-out cells. The variants separate the decoder (scVI's one dispersion per gene vs one per gene and
 cell), where latents come from (scVI's ``N(0, I)`` prior, the aggregate posterior of training cells,
-or a learned prior) and what the learned prior is fitted on (posterior means or draws)::
+or a learned prior), what the learned prior is fitted on (posterior means or draws) and how it is
+sampled (ODE steps, the temperature of its starting noise)::
 
     python benchmarks/count_ablation.py [--variants NAME ...] [--threads 2]
 
@@ -35,6 +36,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "nb_latent_flow, prior on posterior means": ("nb_latent_flow", {"posterior_draws": 0}),
     "nb_latent_flow (default: 3 posterior draws)": ("nb_latent_flow", {}),
     "nb_latent_flow, 10 posterior draws": ("nb_latent_flow", {"posterior_draws": 10}),
+    "nb_latent_flow, ODE in 64 midpoint steps": ("nb_latent_flow", {"prior_params": {"integration_steps": 64}}),
+    "nb_latent_flow, sampling_temperature 0.8": ("nb_latent_flow", {"prior_params": {"sampling_temperature": 0.8}}),
+    "nb_latent_flow, sampling_temperature 1.2": ("nb_latent_flow", {"prior_params": {"sampling_temperature": 1.2}}),
     "nb_latent_maf (default)": ("nb_latent_maf", {}),
     "nb_latent_moe (default)": ("nb_latent_moe", {}),
 }
