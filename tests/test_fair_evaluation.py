@@ -218,10 +218,23 @@ def test_a_difference_is_only_called_beyond_threshold_and_spread():
     assert row["useful"] == NOT_COMPUTED and verdict_sentence(verdict_table(_toy(0.54, 0.0))).startswith("Best")
 
 
-def test_with_several_folds_the_spread_is_the_fold_sd():
-    frames = [_toy(0.60, 0.0).assign(fold=0), _toy(0.70, 0.0).assign(fold=1), _toy(0.50, 0.0).assign(fold=2)]
-    row = verdict_table(pd.concat(frames, ignore_index=True)).iloc[0]
-    assert row["realistic_value"] == pytest.approx(0.1) and row["realistic"] == PASS  # fold sd 0.1
+def test_with_several_folds_the_spread_is_the_standard_error_of_the_fold_paired_difference():
+    def folds(detections):
+        return pd.concat([_toy(d, 0.0).assign(fold=k) for k, d in enumerate(detections)], ignore_index=True)
+
+    # excess 0.1 over 3 folds, se 0.058: within 2 × se, no call
+    row = verdict_table(folds([0.60, 0.70, 0.50])).iloc[0]
+    assert row["realistic_value"] == pytest.approx(0.1) and row["realistic"] == PASS
+    # far from the floor on two folds of five: excess 0.16 ± 0.056 (se; the fold sd is 0.125) is called
+    row = verdict_table(folds([0.55, 0.60, 0.80, 0.55, 0.80])).iloc[0]
+    assert row["realistic_value"] == pytest.approx(0.16) and row["realistic"] == FAIL
+    # the floor's own fold-to-fold changes cancel in the paired difference
+    shifted = folds([0.56, 0.66, 0.76])
+    for fold, shift in enumerate((0.0, 0.1, 0.2)):
+        floor_auc = (shifted["generator"] == FLOOR) & (shifted["fold"] == fold) & (shifted["metric"] == "c2st_auc")
+        shifted.loc[floor_auc & (shifted["protocol"] == "fair"), "value"] += shift
+    row = verdict_table(shifted).iloc[0]
+    assert row["realistic_value"] == pytest.approx(0.06) and row["realistic"] == FAIL  # se 0: beyond 0.05
 
 
 def test_useful_leaves_out_rare_types_and_needs_an_uplift_beyond_its_spread():

@@ -67,6 +67,7 @@ __all__ = [
     "count_realism",
     "detection_auc",
     "fair_metrics",
+    "fold_values",
     "mean_and_spread",
     "type_centred",
 ]
@@ -174,13 +175,21 @@ def count_realism(reference_counts, candidate_counts) -> dict[str, float]:
     return {name: float(ks_2samp(ref[name], cand[name]).statistic) for name in ref}
 
 
+def fold_values(metrics: pd.DataFrame, generator: str, protocol: str, metric: str,
+                cell_type: str = ALL_TYPES) -> pd.Series:
+    """A metric of the long table per fold (index: fold), NaN folds dropped."""
+    rows = metrics[(metrics["generator"] == generator) & (metrics["protocol"] == protocol)
+                   & (metrics["cell_type"] == cell_type) & (metrics["metric"] == metric)]
+    return rows.groupby("fold")["value"].mean().dropna()
+
+
 def mean_and_spread(metrics: pd.DataFrame, generator: str, protocol: str, metric: str,
                     cell_type: str = ALL_TYPES) -> tuple[float, float]:
     """(mean, spread) of a metric of the long table: fold mean and fold sd with several folds, else the
     one fold's value and its sd over the repeated honest splits (``<metric>_repeat_sd``; NaN if absent)."""
     rows = metrics[(metrics["generator"] == generator) & (metrics["protocol"] == protocol)
                    & (metrics["cell_type"] == cell_type)]
-    values = rows[rows["metric"] == metric].groupby("fold")["value"].mean().dropna()
+    values = fold_values(metrics, generator, protocol, metric, cell_type)
     if values.empty:
         return float("nan"), float("nan")
     if len(values) > 1:
