@@ -18,7 +18,8 @@ each generator's cells are compared with A in a StandardScaler + PCA space fitte
 neither is in-sample alone. Detection (C2ST AUC) is read as its excess over the floor's; memorisation is
 measured in a space fitted on half A only; <b>within-type</b> structure is the detection of cells minus
 their type's mean and the gene–gene correlation preservation of each type's top-100 genes (scDesign3). A ✗
-is called only beyond the threshold and beyond the spread; sanity baselines are never named best.</p>
+is called only beyond the threshold and beyond <code>spread_factor</code> (default 2) × its uncertainty (with several folds, the standard error
+of the per-fold difference from the floor); sanity baselines are never named best.</p>
 <p>The paper's protocol and the honest protocol below work in the paper's <b>reference space</b>: a
 StandardScaler and a PCA (50 components) fitted on the fold's <em>real training cells only</em>, into which
 held-out and synthetic cells are projected.</p>

@@ -124,7 +124,8 @@ TABLE_NOTES = {
         "detection and gene–gene correlation preservation (number: correlation r ÷ the floor's). Diverse: k-NN "
         "recall ÷ the floor's. Not copying: memorisation score (≈1 healthy, 0 = copies). Useful: mean per-type "
         "F1 uplift over real-only (types with enough test cells). ✗ only when a shortfall is beyond the "
-        "threshold and beyond the spread; – = not computable (see data/08_reporting/<dataset>/verdict.csv for why, the "
+        "threshold and beyond spread_factor (default 2) × its uncertainty (with several folds the standard error of the per-fold "
+        "difference from the floor, with one the sd over the repeated splits); – = not computable (see data/08_reporting/<dataset>/verdict.csv for why, the "
         "numbers and the thresholds). Sanity baselines are marked and never named best.",
     ],
     "fair": [
