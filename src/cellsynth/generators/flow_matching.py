@@ -48,8 +48,8 @@ class FlowMatchingParams:
     integration_steps: int = 64
     solver: Literal["euler", "midpoint"] = "midpoint"
     #: Standard deviation of the noise the ODE starts from when sampling: 1 samples the learnt
-    #: distribution; below 1 concentrates cells towards the types' dense regions (truncation:
-    #: fewer atypical cells, less diversity).
+    #: distribution; below 1 concentrates cells towards its centre (truncation), above 1 spreads
+    #: them (measured effects on real cells: docs/generators.md, ablation).
     sampling_temperature: float = 1.0
     #: Standard deviation of the Gaussian path around the straight line from noise to a cell
     #: (``sigma_min`` of conditional flow matching; 0 = rectified flow).
