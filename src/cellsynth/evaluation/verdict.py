@@ -51,12 +51,16 @@ def _standard_error(values: pd.Series) -> float:
     return float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def _spread_from_floor(metrics, generator, protocol, metric, g_sd: float, f_sd: float) -> float:
-    """Spread of (generator − floor): the standard error of the fold-paired differences with several
-    folds, else both repeat sds in quadrature."""
+def _versus_floor(metrics, generator, protocol, metric) -> tuple[float, float, float, float, float]:
+    """``(generator mean, its sd, floor mean, its sd, spread of the difference)`` of a metric; the
+    spread is the standard error of the fold-paired differences with several folds, else both repeat
+    sds in quadrature."""
+    g, g_sd = mean_and_spread(metrics, generator, protocol, metric)
+    f, f_sd = mean_and_spread(metrics, FLOOR, protocol, metric)
     differences = (fold_values(metrics, generator, protocol, metric)
                    - fold_values(metrics, FLOOR, protocol, metric)).dropna()
-    return _standard_error(differences) if len(differences) > 1 else _spread(g_sd, f_sd)
+    spread = _standard_error(differences) if len(differences) > 1 else _spread(g_sd, f_sd)
+    return g, g_sd, f, f_sd, spread
 
 
 def _spread_of_mean(metrics, generator, protocol, metric, sd: float) -> float:
@@ -71,11 +75,10 @@ def _pm(mean: float, sd: float) -> str:
 
 def _excess_check(metrics, generator, protocol, limit, k, what) -> tuple[bool | None, float, str]:
     """(pass?, excess over the floor, detail) for a detection AUC."""
-    g, g_sd = mean_and_spread(metrics, generator, protocol, "c2st_auc")
-    f, f_sd = mean_and_spread(metrics, FLOOR, protocol, "c2st_auc")
+    g, g_sd, f, f_sd, spread = _versus_floor(metrics, generator, protocol, "c2st_auc")
     if not (math.isfinite(g) and math.isfinite(f)):
         return None, float("nan"), f"{what}: too few cells for a detection test (or no floor)"
-    excess, spread = g - f, _spread_from_floor(metrics, generator, protocol, "c2st_auc", g_sd, f_sd)
+    excess = g - f
     failed = excess > limit and excess > k * spread
     return (not failed, excess,
             f"{what} AUC {_pm(g, g_sd)} vs floor {_pm(f, f_sd)}: excess {excess:+.3f} (spread {spread:.3f})")
@@ -83,14 +86,13 @@ def _excess_check(metrics, generator, protocol, limit, k, what) -> tuple[bool | 
 
 def _ratio_check(metrics, generator, protocol, metric, minimum, k, what) -> tuple[bool | None, float, str]:
     """(pass?, ratio to the floor, detail) for a higher-is-better metric."""
-    g, g_sd = mean_and_spread(metrics, generator, protocol, metric)
-    f, f_sd = mean_and_spread(metrics, FLOOR, protocol, metric)
+    g, g_sd, f, f_sd, spread = _versus_floor(metrics, generator, protocol, metric)
     if not (math.isfinite(g) and math.isfinite(f)):
         return None, float("nan"), f"{what}: not computed (too few cells of a type on both sides)"
     if f <= 0:
         return None, float("nan"), (f"{what} {_pm(g, g_sd)}; the floor's is {f:.3f} ≤ 0 (real halves share no "
                                     "measurable signal at this size), so no ratio is defined")
-    ratio, spread = g / f, _spread_from_floor(metrics, generator, protocol, metric, g_sd, f_sd)
+    ratio = g / f
     failed = ratio < minimum and (f - g) > k * spread
     return not failed, ratio, f"{what} {_pm(g, g_sd)} vs floor {_pm(f, f_sd)}: ×{ratio:.2f}"
 
