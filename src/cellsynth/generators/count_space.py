@@ -90,7 +90,8 @@ def negative_binomial(mean: np.ndarray, theta: np.ndarray, rng: np.random.Genera
 
 def to_fold_space(counts: np.ndarray, total_counts: np.ndarray, target_sum: float) -> np.ndarray:
     """``log1p(counts / total_counts * target_sum)`` (float32): the preprocessing's LogNormalize."""
-    scaled = counts.astype(np.float32) * (np.float32(target_sum) / total_counts.astype(np.float32))[:, None]
+    factors = np.float32(target_sum) / total_counts.astype(np.float32)
+    scaled = np.multiply(counts, factors[:, None], dtype=np.float32)  # one float32 array, even from int counts
     return np.log1p(scaled, out=scaled)
 
 
