@@ -18,13 +18,11 @@ Run ``make run`` first (it writes the fold). Prints one row per variant with fit
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FOLD_DIR = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
+from pbmc3k_fold import fair_scores, load_fold
+
 SEED = 0
 
 #: name -> (generator, hyperparameters over its default preset)
@@ -54,28 +52,17 @@ def main() -> None:
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    if not (FOLD_DIR / "train.h5ad").exists():
-        raise SystemExit(f"{FOLD_DIR} has no train.h5ad: run `make run` first")
-
-    import anndata as ad
+    train, test, plan = load_fold(args.threads)
     import pandas as pd
-    import torch
-    from threadpoolctl import threadpool_limits
 
     from cellsynth.config import EvaluationSettings
-    from cellsynth.evaluation.fair import fair_metrics
     from cellsynth.generators import GENERATORS
 
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
-    train, test = ad.read_h5ad(FOLD_DIR / "train.h5ad"), ad.read_h5ad(FOLD_DIR / "test.h5ad")
-    plan = json.loads((FOLD_DIR / "generation_plan.json").read_text())["matched"]
     settings = EvaluationSettings.from_params({})
 
     def scores(cells, name: str) -> dict:
-        table = fair_metrics(train, test, cells, settings, dataset="pbmc3k", fold=0, generator=name)
-        values = table.set_index(["protocol", "metric"])["value"]
-        return {f"{p[:4]}.{m}": round(float(values.loc[(p, m)]), 3) for p, m in SHOWN if (p, m) in values.index}
+        values = fair_scores(train, test, cells, name, settings)
+        return {f"{p[:4]}.{m}": round(values[(p, m)], 3) for p, m in SHOWN if (p, m) in values}
 
     rows = [{"variant": "real (B vs A floor)", **scores(None, "floor")}]
     for name in args.variants:

@@ -24,13 +24,11 @@ average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-FOLD_DIR = ROOT / "data" / "05_model_input" / "pbmc3k" / "fold_0"
+from pbmc3k_fold import fair_scores, load_fold
+
 SEED = 0
 CALIBRATION_FRACTION = 0.25
 CALIBRATION_SEEDS = (500, 501, 502)
@@ -42,25 +40,15 @@ def main() -> None:
     parser.add_argument("--temperatures", nargs="*", type=float, default=[0.8, 1.0, 1.2, 1.4, 1.7, 2.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not (FOLD_DIR / "train.h5ad").exists():
-        raise SystemExit(f"{FOLD_DIR} has no train.h5ad: run `make run` first")
-
-    import anndata as ad
+    train, test, plan = load_fold(args.threads)
     import numpy as np
     import pandas as pd
-    import torch
     from sklearn.model_selection import train_test_split
-    from threadpoolctl import threadpool_limits
 
     from cellsynth.config import EvaluationSettings
-    from cellsynth.evaluation.fair import fair_metrics
     from cellsynth.generators import GENERATORS
     from cellsynth.metrics import ReferenceSpace, as_dense, compare
 
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
-    train, test = ad.read_h5ad(FOLD_DIR / "train.h5ad"), ad.read_h5ad(FOLD_DIR / "test.h5ad")
-    plan = json.loads((FOLD_DIR / "generation_plan.json").read_text())["matched"]
     settings = EvaluationSettings.from_params({})
     labels = train.obs["cell_type"].astype(str).to_numpy()
     fit_idx, cal_idx = train_test_split(np.arange(train.n_obs), test_size=CALIBRATION_FRACTION,
@@ -84,8 +72,7 @@ def main() -> None:
             scores.append((knn["precision"], knn["recall"]))
         cal_precision, cal_recall = np.mean(scores, axis=0)
         cells = model.sample(sum(plan.values()), cell_types=plan, seed=TEST_SAMPLE_SEED)
-        fair = fair_metrics(train, test, cells, settings, dataset="pbmc3k", fold=0, generator="nb_latent_flow")
-        values = fair.set_index(["protocol", "metric"])["value"]
+        values = fair_scores(train, test, cells, "nb_latent_flow", settings)
         rows.append({
             "temperature": temperature, "cal_precision": round(cal_precision, 3), "cal_recall": round(cal_recall, 3),
             "test_detection_auc": round(values[("fair", "c2st_auc")], 3),
