@@ -8,6 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from cellsynth.data import assign_folds, make_fold, normalise, quality_control, validate_counts
+from cellsynth.data.splits import select_hvgs
+from cellsynth.data.validation import InputDataError
 
 
 @pytest.fixture
@@ -69,3 +71,29 @@ def test_hvgs_depend_only_on_training_cells(counts):
     scrambled.layers["counts"] = sp.csr_matrix(scrambled_counts)
     train2, _ = make_fold(scrambled, folds, fold=0, n_top_genes=50)
     assert list(train2.var_names) == list(train.var_names)
+    assert train.uns["fold"]["hvg_cells"] == "train"
+
+
+def test_hvgs_chosen_on_all_cells_read_the_test_cells_too(counts):
+    data = normalise(counts)
+    folds = assign_folds(data, n_folds=5, seed=0)
+    train, test = make_fold(data, folds, fold=0, n_top_genes=50, hvg_cells="all")
+    assert list(train.var_names) == list(test.var_names)
+    assert list(train.var_names) == list(select_hvgs(data, n_top_genes=50))
+    assert test.uns["fold"]["hvg_cells"] == "all"
+    # Five genes Poisson (no extra variance) in the training cells, on/off in the test cells: highly
+    # variable over all cells, not over the training cells.
+    loud = data.copy()
+    is_test = folds["test_fold"].to_numpy() == 0
+    rng = np.random.default_rng(0)
+    dense = loud.layers["counts"].toarray()
+    dense[:, :5] = rng.poisson(3, size=(loud.n_obs, 5))
+    dense[np.flatnonzero(is_test)[::2], :5] = rng.poisson(30, size=(len(np.flatnonzero(is_test)[::2]), 5))
+    dense[np.flatnonzero(is_test)[1::2], :5] = 0
+    loud.layers["counts"] = sp.csr_matrix(dense)
+    with_test, _ = make_fold(loud, folds, fold=0, n_top_genes=50, hvg_cells="all")
+    train_only, _ = make_fold(loud, folds, fold=0, n_top_genes=50)
+    assert set(loud.var_names[:5]) <= set(with_test.var_names)
+    assert set(loud.var_names[:5]).isdisjoint(train_only.var_names)
+    with pytest.raises(InputDataError, match="hvg_cells"):
+        make_fold(data, folds, fold=0, n_top_genes=50, hvg_cells="test")

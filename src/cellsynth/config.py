@@ -320,6 +320,7 @@ class SplittingSettings(Settings):
     seed: int = 0
     n_top_genes: int = 2000
     hvg_flavor: Literal["seurat_v3", "seurat", "cell_ranger"] = "seurat_v3"
+    hvg_cells: Literal["train", "all"] = "train"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -90,23 +91,37 @@ def make_fold(
     fold: int,
     n_top_genes: int = 2000,
     hvg_flavor: str = "seurat_v3",
+    hvg_cells: Literal["train", "all"] = "train",
 ) -> tuple[AnnData, AnnData]:
-    """Training and test parts of ``fold``, restricted to HVGs chosen on the training part alone.
+    """Training and test parts of ``fold``, restricted to highly variable genes.
 
     Reads ``X`` (log-normalised), ``layers["counts"]`` and ``obs``. Both returned AnnData carry
     the same genes (``var["highly_variable_rank"]`` not kept: the gene order is the input order) and
-    ``uns["fold"]``; test cells never influence which genes are chosen.
+    ``uns["fold"]``.
+
+    Parameters
+    ----------
+    hvg_cells : {"train", "all"}
+        Which cells choose the genes. ``"train"``: the fold's training cells alone, so test cells never
+        influence the gene set. ``"all"``: every cell, labels unused (the Seurat-tutorial preprocessing
+        of the paper's PBMC3K); chosen on the training cells, the genes carry those cells' sampling
+        noise as extra variance that held-out cells lack, and k-NN precision/recall against held-out
+        cells then read any model of the training cells as too spread (docs/evaluation.md, "The floor").
     """
     if fold not in set(folds["test_fold"]):
         raise InputDataError(f"fold {fold} is not one of the {folds['test_fold'].nunique()} folds")
     is_test = folds.loc[adata.obs_names.astype(str), "test_fold"].to_numpy() == fold
+    if hvg_cells not in ("train", "all"):
+        raise InputDataError(f"splitting.hvg_cells must be 'train' or 'all', not {hvg_cells!r}")
     train = adata[~is_test].copy()
-    hvgs = select_hvgs(train, n_top_genes=n_top_genes, flavor=hvg_flavor)
+    hvgs = select_hvgs(train if hvg_cells == "train" else adata, n_top_genes=n_top_genes, flavor=hvg_flavor)
     train = train[:, hvgs].copy()
     test = adata[is_test][:, hvgs].copy()
     for part, name in ((train, "train"), (test, "test")):
-        part.uns["fold"] = {"fold": int(fold), "part": name, "n_hvgs": int(len(hvgs)), "hvg_flavor": hvg_flavor}
-    log.info("fold %d: %d training and %d test cells, %d HVGs", fold, train.n_obs, test.n_obs, len(hvgs))
+        part.uns["fold"] = {"fold": int(fold), "part": name, "n_hvgs": int(len(hvgs)), "hvg_flavor": hvg_flavor,
+                            "hvg_cells": hvg_cells}
+    log.info("fold %d: %d training and %d test cells, %d HVGs chosen on the %s cells", fold, train.n_obs, test.n_obs,
+             len(hvgs), "training" if hvg_cells == "train" else "training and test")
     return train, test
 
 

@@ -25,10 +25,10 @@ def split_folds(normalised_cells: AnnData, splitting: dict[str, Any]) -> pd.Data
 def build_fold(
     normalised_cells: AnnData, fold_assignments: pd.DataFrame, splitting: dict[str, Any], fold: int
 ) -> tuple[AnnData, AnnData]:
-    """Training and test cells of one fold, on HVGs selected from its training cells only."""
+    """Training and test cells of one fold, on HVGs chosen on its training cells (or on all cells: ``hvg_cells``)."""
     settings = SplittingSettings.from_params(splitting)
     train, test = make_fold(normalised_cells, fold_assignments, fold=fold, n_top_genes=settings.n_top_genes,
-                            hvg_flavor=settings.hvg_flavor)
+                            hvg_flavor=settings.hvg_flavor, hvg_cells=settings.hvg_cells)
     record = provenance.with_sections(provenance.record_of(normalised_cells),
                                       splitting=provenance.splitting_section(splitting, fold))
     for part in (train, test):
