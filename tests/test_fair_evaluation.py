@@ -19,7 +19,7 @@ from anndata import AnnData
 from cellsynth.config import EvaluationSettings, FairSettings, VerdictSettings
 from cellsynth.evaluation import fair_metrics, fair_table, long_frame, utility_table, verdict_table
 from cellsynth.evaluation.fair import correlation_preservation, count_realism, detection_auc, type_centred
-from cellsynth.evaluation.verdict import FAIL, NOT_COMPUTED, PASS, verdict_sentence
+from cellsynth.evaluation.verdict import FAIL, NOT_COMPUTED, PASS, fit_spread_note, verdict_sentence
 from cellsynth.generators import GENERATORS
 from cellsynth.pipelines.preprocessing.nodes import filter_cells_and_genes, log_normalise, validate_input
 from cellsynth.pipelines.splitting.nodes import build_fold, split_folds
@@ -235,6 +235,18 @@ def test_with_several_folds_the_spread_is_the_standard_error_of_the_fold_paired_
         shifted.loc[floor_auc & (shifted["protocol"] == "fair"), "value"] += shift
     row = verdict_table(shifted).iloc[0]
     assert row["realistic_value"] == pytest.approx(0.06) and row["realistic"] == FAIL  # se 0: beyond 0.05
+
+
+def test_a_one_fold_verdict_says_its_spread_leaves_out_the_fit():
+    from cellsynth.pipelines.evaluation.nodes import make_verdict
+
+    one_fold = _toy(0.60, 0.01)
+    _, markdown = make_verdict(one_fold, {})
+    assert fit_spread_note(one_fold) and fit_spread_note(one_fold)[0] in markdown
+    assert "fitted once" in markdown
+    two_folds = pd.concat([one_fold, _toy(0.60, 0.01).assign(fold=1)], ignore_index=True)
+    assert fit_spread_note(two_folds) == []
+    assert "fitted once" not in make_verdict(two_folds, {})[1]
 
 
 def test_useful_leaves_out_rare_types_and_needs_an_uplift_beyond_its_spread():

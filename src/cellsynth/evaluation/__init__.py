@@ -100,7 +100,7 @@ from cellsynth.evaluation.tables import (
     utility_table,
 )
 from cellsynth.evaluation.utility import utility_metrics
-from cellsynth.evaluation.verdict import verdict_display, verdict_sentence, verdict_table
+from cellsynth.evaluation.verdict import fit_spread_note, verdict_display, verdict_sentence, verdict_table
 
 __all__ = [
     "COLUMNS",
@@ -110,6 +110,7 @@ __all__ = [
     "fair_metrics",
     "fair_table",
     "long_frame",
+    "fit_spread_note",
     "verdict_display",
     "verdict_sentence",
     "verdict_table",

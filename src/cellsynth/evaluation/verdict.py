@@ -196,6 +196,17 @@ def verdict_sentence(verdict: pd.DataFrame) -> str:
             f"{best['realistic_value']:+.3f} above the floor; {', '.join(kept)}).")
 
 
+def fit_spread_note(metrics: pd.DataFrame) -> list[str]:
+    """A note for tables of one fold: their spreads are over test half-splits, not over refits."""
+    fair = metrics[(metrics["protocol"] == FAIR) & ~metrics["generator"].isin(REAL_ROWS)]
+    if fair.empty or fair["fold"].nunique() > 1:
+        return []
+    return ["One fold: each generator was fitted once, so these spreads (and the verdict's) are over the test "
+            "half-splits, not over refits; refitting with another seed can move a learned generator's detection "
+            "AUC by more (docs/evaluation.md, 'Which cells choose the genes', measures it). More folds "
+            "(folds_to_run) give spreads that include the fit."]
+
+
 def verdict_display(verdict: pd.DataFrame) -> pd.DataFrame:
     """The verdict as shown in the report: ``✓ 0.012`` per question, sanity baselines marked."""
     def cell(row: pd.Series, question: str) -> str:

@@ -204,7 +204,7 @@ def make_verdict(metrics: pd.DataFrame, evaluation: dict[str, Any]) -> tuple[pd.
     verdict = ev.verdict_table(metrics, EvaluationSettings.from_params(evaluation).verdict)
     dataset = str(metrics["dataset"].iloc[0]) if len(metrics) else ""
     markdown = ev.to_markdown(ev.verdict_display(verdict), f"Verdict, {dataset}",
-                              [ev.verdict_sentence(verdict), *ev.TABLE_NOTES["verdict"]])
+                              [ev.verdict_sentence(verdict), *ev.TABLE_NOTES["verdict"], *ev.fit_spread_note(metrics)])
     log.info("verdict:\n%s", markdown)
     return verdict, markdown
 
@@ -221,7 +221,7 @@ def make_tables(metrics: pd.DataFrame, evaluation: dict[str, Any]) -> tuple[
          [ev.tables.utility_verdict(metrics), *ev.TABLE_NOTES["utility"]]),
         (ev.honest_table(metrics), f"Honest protocol, {dataset}", ev.TABLE_NOTES["honest"]),
         (ev.per_type_table(metrics), f"Honest protocol per cell type, {dataset}", ev.TABLE_NOTES["per_type"]),
-        (ev.fair_table(metrics), f"Fair protocol, {dataset}", ev.TABLE_NOTES["fair"]),
+        (ev.fair_table(metrics), f"Fair protocol, {dataset}", [*ev.TABLE_NOTES["fair"], *ev.fit_spread_note(metrics)]),
     ):
         out += [table, ev.to_markdown(table, title, notes)]
     return tuple(out)
@@ -277,11 +277,12 @@ def build_evaluation_section(
                                     ev.tables.PUBLISHED_PANCREAS_NOTE], "published_table3")]
     utility = ev.tables.utility_verdict(metrics)
     sentence = ev.verdict_sentence(verdict)
-    lead = [Table(f"Verdict ({name})", ev.verdict_display(verdict), [sentence, *ev.TABLE_NOTES["verdict"]],
+    one_fit = ev.fit_spread_note(metrics)
+    lead = [Table(f"Verdict ({name})", ev.verdict_display(verdict), [sentence, *ev.TABLE_NOTES["verdict"], *one_fit],
                   "verdict")]
     tables = [
         Table("Fair protocol: realism, structure inside cell types, copying (mean ± spread)", fair_table,
-              ev.TABLE_NOTES["fair"], "table_fair"),
+              [*ev.TABLE_NOTES["fair"], *one_fit], "table_fair"),
         Table(f"Table 1: the paper's protocol, as published by the paper ({name})", paper_table,
               ev.TABLE_NOTES["paper"], "table1_paper"),
         *published,
