@@ -13,6 +13,8 @@ from cellsynth.data.validation import drop_unusable_cells
 from cellsynth.generators import GENERATORS, GeneratorError
 from cellsynth.generators.count_space import LibrarySizes, negative_binomial, to_fold_space
 from cellsynth.generators.latent_flow import LATENT_PRIOR_DEFAULTS, NBLatentFlowGenerator
+from cellsynth.generators.scvi_vae import drop_short_last_batch
+from cellsynth.generators.training import validation_split
 from conftest import RAW_DATA
 
 AUTOENCODER = {"n_latent": 4, "n_hidden": 32, "epochs": 3, "batch_size": 64, "patience": None}
@@ -68,6 +70,19 @@ def test_each_latent_prior_trains_and_samples_new_latents(prior, pbmc_fold, tmp_
     model.save(tmp_path / prior)
     again = type(model).load(tmp_path / prior).sample(30, cell_types={model.cell_types_[0]: 30}, seed=2)
     assert (again.layers["counts"] != cells.layers["counts"]).nnz == 0
+
+
+def test_a_short_last_mini_batch_is_dropped_each_epoch(pbmc_fold, caplog):
+    assert not drop_short_last_batch(1898, 128)  # PBMC3K fold 0: a last batch of 106 cells is kept
+    assert drop_short_last_batch(1538, 128)  # Zheng17 folds 2 and 3: a last batch of 2 cells
+    assert not drop_short_last_batch(100, 128) and not drop_short_last_batch(256, 128)
+    # One cell left over: BatchNorm cannot train on it; the epoch drops it instead of failing.
+    labels = pbmc_fold.obs["cell_type"].cat.codes.to_numpy()
+    n_train = len(validation_split(pbmc_fold.n_obs, 0.1, 0, labels)[0])
+    model = GENERATORS["scvi"](**{**AUTOENCODER, "epochs": 2, "batch_size": n_train - 1})
+    with caplog.at_level("INFO", logger="cellsynth.generators.scvi_vae"):
+        model.fit(pbmc_fold, seed=0, progress=False)
+    assert f"drops its last mini-batch of 1 cells (of {n_train}" in caplog.text
 
 
 def test_a_bad_prior_hyperparameter_fails_before_training():
