@@ -62,6 +62,14 @@ def test_a_record_differs_from_another_runs_where_its_data_or_parameters_do(tmp_
                                        project_path=tmp_path)
     assert ("preprocessing.n_folds", 5, 3) in provenance.differences(saved, folds)
 
+    # A file made before a setting existed matches a run at that setting's default, not at another value.
+    older = json.loads(json.dumps(saved))
+    del older["splitting"]["hvg_cells"]
+    assert provenance.differences(older, saved) == []
+    all_cells = provenance.expected_record(_with(PARAMS, splitting={"hvg_cells": "all"}), full, fold=0,
+                                           generator="maf", project_path=tmp_path)
+    assert provenance.differences(older, all_cells) == [("splitting.hvg_cells", "<absent>", "all")]
+
     # Same path, new content: the file's row says so, and only remaking helps.
     _project_file(tmp_path, b"cells v2, edited")
     changed = provenance.expected_record(PARAMS, full, fold=0, generator="maf", project_path=tmp_path)

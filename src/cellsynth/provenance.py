@@ -260,11 +260,18 @@ def _file_text(entry: Mapping[str, Any]) -> str:
     return f"{entry.get('path')} (sha256 {str(entry.get('sha256') or 'unknown')[:12]})"
 
 
+def _setting_defaults() -> dict[str, Any]:
+    """Record keys of the settings blocks with their default values."""
+    return _flat({"preprocessing": PreprocessingSettings().to_dict(), "splitting": SplittingSettings().to_dict()})
+
+
 def differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, this run's value)`` for every setting where the two records differ.
 
     An input file is one row, ``dataset.inputs.<name>``, when its content hash (or, a hash unknown,
-    its path) differs: ``path (sha256 …)`` on each side.
+    its path) differs: ``path (sha256 …)`` on each side. A setting the saved record lacks is no
+    difference when this run keeps its default: the file was made before the setting existed, and the
+    default is what cellsynth did then (e.g. ``splitting.hvg_cells: train``).
     """
     found_inputs = dict((found.get("dataset") or {}).get("inputs") or {})
     expected_inputs = dict((expected.get("dataset") or {}).get("inputs") or {})
@@ -275,9 +282,12 @@ def differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[t
         if not (a and b and same):
             rows.append((f"dataset.inputs.{name}", _file_text(a) if a else "<absent>", _file_text(b) if b else "<absent>"))
     flat_a, flat_b = _flat(found), _flat(expected)
+    defaults = _setting_defaults()
     for key in sorted(set(flat_a) | set(flat_b)):
         if key.startswith("dataset.inputs.") and key.rsplit(".", 1)[-1] in ("path", "sha256", *IGNORED):
             continue  # compared above, one row per file
+        if key not in flat_a and key in defaults and flat_b.get(key) == defaults[key]:
+            continue  # a setting newer than the file, at its default
         if flat_a.get(key, "<absent>") != flat_b.get(key, "<absent>"):
             rows.append((key, flat_a.get(key, "<absent>"), flat_b.get(key, "<absent>")))
     return rows
