@@ -104,9 +104,9 @@ def make_fold(
     hvg_cells : {"train", "all"}
         Which cells choose the genes. ``"train"``: the fold's training cells alone, so test cells never
         influence the gene set. ``"all"``: every cell, labels unused (the Seurat-tutorial preprocessing
-        of the paper's PBMC3K); chosen on the training cells, the genes carry those cells' sampling
-        noise as extra variance that held-out cells lack, and k-NN precision/recall against held-out
-        cells then read any model of the training cells as too spread (docs/evaluation.md, "The floor").
+        of the paper's PBMC3K). Genes chosen on the training cells carry those cells' sampling noise as
+        extra variance that held-out cells lack, so k-NN precision/recall against held-out cells read
+        any model of the training cells as too spread (docs/evaluation.md, "Which cells choose the genes").
     """
     if fold not in set(folds["test_fold"]):
         raise InputDataError(f"fold {fold} is not one of the {folds['test_fold'].nunique()} folds")
