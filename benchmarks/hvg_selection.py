@@ -9,8 +9,8 @@ PBMC3K fold 0 (the cells and folds ``make run`` writes), 2,000 HVGs (seurat_v3) 
 For each gene set the evaluation's fair protocol (:func:`cellsynth.evaluation.fair.fair_metrics`, five
 test half-splits) scores the floor (half B against half A), the real training cells (subsampled to B's
 type counts in each repeat), and each generator fitted on the training cells (``--fit-seeds``, default 0)
-and sampled with the fold's ``matched`` plan (seed 10,000). Real training cells are what a perfect model of them would sample, so their
-row is the best any fitted generator can expect. Also prints, per gene set, the training cells' total
+and sampled with the fold's ``matched`` plan (seed 10,000). Real training cells are what a perfect model
+of them would sample, so their row is the best any fitted generator can expect. Also prints, per gene set, the training cells' total
 variance over the test cells' in the chosen genes and in the other expressed genes::
 
     python benchmarks/hvg_selection.py [--generators nb_latent_flow scvi] [--choices train all test]
@@ -31,28 +31,31 @@ SAMPLE_SEED = 10_000
 GENE_CHOICES = ("train", "all", "test")
 
 
-def fold_parts(cells, folds, choice: str):
+def fold_parts(cells, folds, is_test, choice: str):
     """``(train, test)`` of fold 0 on the 2,000 HVGs chosen by ``choice``'s cells."""
     from cellsynth.data import make_fold
     from cellsynth.data.splits import select_hvgs
 
     if choice != "test":
         return make_fold(cells, folds, fold=0, n_top_genes=2000, hvg_cells=choice)
-    is_test = folds.loc[cells.obs_names.astype(str), "test_fold"].to_numpy() == 0
     genes = select_hvgs(cells[is_test], n_top_genes=2000)
     return cells[~is_test][:, genes].copy(), cells[is_test][:, genes].copy()
 
 
-def variance_ratio(cells, folds, genes) -> tuple[float, float]:
-    """Total variance of the log-normalised ``X`` in the training cells ÷ in the test cells, over
-    ``genes`` and over the other genes expressed in at least 1 % of the cells."""
+def gene_variances(cells, is_test):
+    """Per gene: variance of the log-normalised ``X`` in the training and in the test cells, and
+    whether the gene is expressed in at least 1 % of the cells."""
     from cellsynth.metrics import as_dense
 
-    is_test = folds.loc[cells.obs_names.astype(str), "test_fold"].to_numpy() == 0
     X = as_dense(cells.X)
-    chosen = cells.var_names.isin(genes)
-    others = ~chosen & ((X > 0).mean(axis=0) >= 0.01)
-    var_train, var_test = X[~is_test].var(axis=0), X[is_test].var(axis=0)
+    return X[~is_test].var(axis=0), X[is_test].var(axis=0), (X > 0).mean(axis=0) >= 0.01
+
+
+def variance_ratio(variances, chosen) -> tuple[float, float]:
+    """Total training-cell variance ÷ total test-cell variance over the ``chosen`` genes (a mask) and
+    over the other expressed genes."""
+    var_train, var_test, expressed = variances
+    others = ~chosen & expressed
     return (float(var_train[chosen].sum() / var_test[chosen].sum()),
             float(var_train[others].sum() / var_test[others].sum()))
 
@@ -74,6 +77,8 @@ def main() -> None:
     cells = ad.read_h5ad(ROOT / "data" / "03_primary" / "pbmc3k" / "normalised_cells.h5ad")
     folds = pd.read_parquet(ROOT / "data" / "04_feature" / "pbmc3k" / "fold_assignments.parquet")
     settings = EvaluationSettings.from_params({})
+    is_test = folds.loc[cells.obs_names.astype(str), "test_fold"].to_numpy() == 0
+    variances = gene_variances(cells, is_test)
     rows = []
 
     def score(choice: str, name: str, train, test, compared, fit_s: float, load: float, seed: int | None = None) -> None:
@@ -89,8 +94,8 @@ def main() -> None:
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
 
     for choice in args.choices:
-        train, test = fold_parts(cells, folds, choice)
-        chosen, others = variance_ratio(cells, folds, train.var_names)
+        train, test = fold_parts(cells, folds, is_test, choice)
+        chosen, others = variance_ratio(variances, cells.var_names.isin(train.var_names))
         print(f"HVGs chosen on {choice}: variance of the training cells / of the test cells {chosen:.3f} over "
               f"the 2,000 HVGs, {others:.3f} over the other expressed genes", flush=True)
         score(choice, "real (B vs A floor)", train, test, None, 0.0, round(os.getloadavg()[0], 2))
